@@ -1,0 +1,12 @@
+"""mindscience_diffuser: MindSpore-native diffusion schedulers, UNet and graph-compiled pipelines."""
+from .configuration import ConfigMixin, FrozenConfig, register_to_config
+from .outputs import (
+    CMStochasticIterativeSchedulerOutput,
+    ImagePipelineOutput,
+    SchedulerOutput,
+    SdeVeOutput,
+    UNet2DOutput,
+)
+from .schedulers import DDIMScheduler
+
+__version__ = "0.1.0"

@@ -1,0 +1,314 @@
+"""The scheduler Cell base and the small pure-MindSpore functions every step is built from.
+
+Host/device boundary
+--------------------
+``__init__`` and ``set_timesteps`` run on the host and build every table in numpy float64
+(see :mod:`.schedules`). The tables reach the device as non-trainable ``Parameter`` s: a
+compiled graph reads a Parameter's current value on every call, whereas a plain Tensor
+attribute would be frozen into the graph at its first compilation and go stale after the
+next ``set_timesteps``.
+
+``construct`` is the step itself, pure MindSpore: it takes Tensors (and Python constants
+for options), looks coefficients up in the tables by timestep or step index, and compiles
+in GRAPH_MODE or under ``ms.jit``. ``step`` is the public, diffusers-compatible entry: it
+checks arguments, turns Python timesteps into Tensors, draws noise on the host from the
+``generator`` when the step needs it, calls the Cell, and shapes the return value.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from ..configuration import ConfigMixin
+from ..utils import GeneratorLike, check_choice, check_compute_dtype, randn
+from . import schedules
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TimestepLike = Union[int, float, Tensor, np.ndarray]
+
+
+# ----------------------------------------------------------------------------- pure step math
+
+def broadcast_to_sample(coef: Tensor, sample: Tensor) -> Tensor:
+    """Reshape a scalar or per-sample ``(B,)`` coefficient so it broadcasts over a rank-2..5 sample."""
+    if coef.ndim == 0:
+        return coef
+    return coef.reshape((-1,) + (1,) * (sample.ndim - 1))
+
+
+def gather(table: Tensor, index: Tensor, sample: Tensor) -> Tensor:
+    """``table[index]`` (index scalar or ``(B,)``), shaped to broadcast against ``sample``."""
+    return broadcast_to_sample(ops.gather(table, index.astype(ms.int32), 0), sample)
+
+
+def predict_x0_and_eps(prediction_type: str, model_output: Tensor, sample: Tensor, alpha: Tensor, sigma: Tensor) -> Tuple[Tensor, Tensor]:
+    """Both estimates of x_t = α·x0 + σ·ε from a model output (α = sqrt(ᾱ), σ = sqrt(1-ᾱ)).
+
+    epsilon: x0 = (x_t - σ·ε̂)/α;  sample: ε = (x_t - α·x̂0)/σ;
+    v_prediction (Salimans & Ho 2022, §4): x0 = α·x_t - σ·v̂, ε = α·v̂ + σ·x_t.
+    """
+    if prediction_type == "epsilon":
+        return (sample - sigma * model_output) / alpha, model_output
+    if prediction_type == "sample":
+        return model_output, (sample - alpha * model_output) / sigma
+    return alpha * sample - sigma * model_output, alpha * model_output + sigma * sample
+
+
+def dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3): per sample,
+    s = clamp(quantile_ratio(|x0|), 1, max_value), then x0 ← clamp(x0, -s, s)/s.
+
+    The quantile uses linear interpolation between order statistics (as ``torch.quantile``),
+    computed in float32 with a sort because CPU has no Quantile kernel.
+    """
+    dtype = x0.dtype
+    flat = ops.abs(x0.astype(ms.float32).reshape(x0.shape[0], -1))
+    count = flat.shape[1]
+    position = ratio * (count - 1)
+    lower = int(np.floor(position))
+    upper = min(lower + 1, count - 1)
+    frac = position - lower
+    ordered, _ = ops.sort(flat, axis=1)
+    s = ordered[:, lower] + (ordered[:, upper] - ordered[:, lower]) * frac
+    s = ops.clamp(s, 1.0, max_value)
+    s = broadcast_to_sample(s, x0)
+    x0 = x0.astype(ms.float32)
+    return (ops.minimum(ops.maximum(x0, -s), s) / s).astype(dtype)
+
+
+def clip_or_threshold(x0: Tensor, thresholding: bool, clip_sample: bool, clip_sample_range: float, ratio: float, max_value: float) -> Tensor:
+    """Dynamic thresholding if enabled, else clipping to ±clip_sample_range if enabled."""
+    if thresholding:
+        return dynamic_threshold(x0, ratio, max_value)
+    if clip_sample:
+        return ops.clamp(x0, -clip_sample_range, clip_sample_range)
+    return x0
+
+
+# ----------------------------------------------------------------------------- the Cell base
+
+class SchedulerBase(nn.Cell, ConfigMixin):
+    """Base of every scheduler: a ``nn.Cell`` with a ``compute_dtype``, a diffusers config and
+    device tables kept as non-trainable Parameters.
+
+    Subclasses implement ``set_timesteps`` (host) and ``construct`` (the compiled step), and
+    usually ``step`` on top of :meth:`_call_step`.
+    """
+
+    config_name = "scheduler_config.json"
+    order = 1
+    init_noise_sigma = 1.0
+
+    def __init__(self, compute_dtype=ms.float32):
+        super().__init__(auto_prefix=False)
+        self.compute_dtype = check_compute_dtype(compute_dtype)
+        self.num_inference_steps: Optional[int] = None
+        self._begin_index: Optional[int] = None
+
+    # -- tables ----------------------------------------------------------------------------
+    def _set_table(self, name: str, values: np.ndarray, dtype=ms.float32) -> None:
+        """Create or refresh the device table ``name`` from a host array (any length)."""
+        tensor = Tensor(np.ascontiguousarray(values), dtype)
+        existing = self._params.get(name)
+        if existing is None:
+            setattr(self, name, Parameter(tensor, name=name, requires_grad=False))
+        else:
+            existing.set_data(tensor, slice_shape=True)
+
+    def _cast(self, x: Tensor) -> Tensor:
+        return x.astype(self.compute_dtype)
+
+    # -- host-side argument handling ---------------------------------------------------------
+    def _check_ready(self) -> None:
+        if self.num_inference_steps is None:
+            raise ValueError(f"{type(self).__name__}.step was called before set_timesteps; call set_timesteps(num_inference_steps) first")
+
+    def _check_num_inference_steps(self, num_inference_steps, upper: Optional[int] = None) -> int:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if upper is not None and num_inference_steps > upper:
+            raise ValueError(
+                f"num_inference_steps ({num_inference_steps}) cannot exceed num_train_timesteps ({upper}): the model was trained on {upper} timesteps"
+            )
+        return int(num_inference_steps)
+
+    def _check_tensors(self, model_output, sample, channel_multiple: Sequence[int] = (1,)) -> None:
+        """Type, rank, dtype and shape checks shared by every ``step``.
+
+        A scalar where ``sample`` belongs means a diffusers-order call
+        ``step(model_output, timestep, sample)``; say so rather than fail inside the graph.
+        """
+        if not isinstance(sample, Tensor) or sample.ndim == 0:
+            raise TypeError(
+                f"{type(self).__name__}.step takes (model_output, sample, timestep, ...) in this order; "
+                f"got {type(sample).__name__} where sample belongs. diffusers' order step(model_output, timestep, sample) "
+                "must be written as step(model_output, sample, timestep) or with keywords"
+            )
+        if not isinstance(model_output, Tensor):
+            raise TypeError(f"model_output must be a mindspore Tensor, got {type(model_output).__name__}")
+        for name, tensor in (("model_output", model_output), ("sample", sample)):
+            if tensor.dtype not in (ms.float32, ms.float16):
+                raise TypeError(f"{name} must be float32 or float16, got {tensor.dtype}")
+        if not 2 <= sample.ndim <= 5:
+            raise ValueError(f"sample must have rank 2 to 5 (B, ...), got shape {tuple(sample.shape)}")
+        ok_shapes = [tuple(sample.shape[:1]) + (sample.shape[1] * m,) + tuple(sample.shape[2:]) for m in channel_multiple]
+        if tuple(model_output.shape) not in ok_shapes:
+            raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape {tuple(sample.shape)}")
+
+    def _timestep_tensor(self, timestep: TimestepLike, batch: int, dtype=ms.int32) -> Tensor:
+        """A 0-d or ``(B,)`` Tensor of timesteps from a Python number, numpy value or Tensor."""
+        if isinstance(timestep, bool):
+            raise TypeError("timestep must be a number or a Tensor, got bool")
+        if isinstance(timestep, (int, float, np.integer, np.floating)):
+            return Tensor(timestep, dtype)
+        if isinstance(timestep, np.ndarray):
+            timestep = Tensor(timestep)
+        if not isinstance(timestep, Tensor):
+            raise TypeError(f"timestep must be a Python number, a 0-d Tensor or a (B,) Tensor, got {type(timestep).__name__}")
+        if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] != batch):
+            raise ValueError(f"timestep must be a scalar or have shape ({batch},) to match the batch, got shape {tuple(timestep.shape)}")
+        return timestep.astype(dtype)
+
+    def _noise_like(self, sample: Tensor, generator: GeneratorLike, variance_noise: Optional[Tensor]) -> Tensor:
+        """The noise for a stochastic step: ``variance_noise`` if given, else drawn on the host."""
+        if variance_noise is not None:
+            if generator is not None:
+                raise ValueError("pass either generator or variance_noise, not both")
+            if not isinstance(variance_noise, Tensor):
+                raise TypeError(f"variance_noise must be a mindspore Tensor, got {type(variance_noise).__name__}")
+            if tuple(variance_noise.shape) != tuple(sample.shape):
+                raise ValueError(f"variance_noise shape {tuple(variance_noise.shape)} does not match sample shape {tuple(sample.shape)}")
+            return self._cast(variance_noise)
+        return randn(sample.shape, generator, self.compute_dtype)
+
+    def _zeros_like(self, sample: Tensor) -> Tensor:
+        return ops.zeros(sample.shape, self.compute_dtype)
+
+    @staticmethod
+    def _pack(return_dict: Optional[bool], output_cls, *values):
+        """``return_dict=None``: the first value; ``True``: the dataclass; ``False``: the tuple."""
+        if return_dict is None:
+            return values[0]
+        if return_dict:
+            return output_cls(*values)
+        return tuple(values)
+
+    # -- shared API --------------------------------------------------------------------------
+    def scale_model_input(self, sample: Tensor, timestep: Optional[TimestepLike] = None) -> Tensor:
+        """Identity: these schedulers feed the model the unscaled sample."""
+        return sample
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start stepping at this index of ``timesteps`` (image-to-image starts mid-schedule)."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
+            raise ValueError(f"begin_index must be a non-negative int, got {begin_index!r}")
+        self._begin_index = int(begin_index)
+
+    @property
+    def begin_index(self) -> Optional[int]:
+        return self._begin_index
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+class VPSchedulerBase(SchedulerBase):
+    """Schedulers on a discrete variance-preserving β schedule: x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε.
+
+    Owns ``betas``/``alphas_cumprod`` (host, float64) and the device table of ᾱ, and the
+    timestep-indexed helpers that every such scheduler shares.
+    """
+
+    def _init_betas(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr=False):
+        betas = schedules.make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
+        if trained_betas is not None and betas.size != num_train_timesteps:
+            raise ValueError(f"trained_betas has {betas.size} entries but num_train_timesteps is {num_train_timesteps}")
+        if rescale_betas_zero_snr:
+            betas = schedules.rescale_zero_terminal_snr(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = schedules.alphas_cumprod_from_betas(betas)
+        self._set_table("alphas_cumprod_table", self.alphas_cumprod)
+        self.timesteps = np.arange(num_train_timesteps)[::-1].copy().astype(np.int64)
+        self.custom_timesteps = False
+
+    def _check_custom_timesteps(self, timesteps) -> np.ndarray:
+        ts = np.asarray(timesteps)
+        if ts.ndim != 1 or ts.size < 1 or not np.issubdtype(ts.dtype, np.integer):
+            raise ValueError("timesteps must be a non-empty 1-D sequence of ints")
+        if np.any(ts[1:] >= ts[:-1]):
+            raise ValueError(f"custom timesteps must be strictly descending, got {ts.tolist()}")
+        if ts[0] >= self.config.num_train_timesteps or ts[-1] < 0:
+            raise ValueError(f"custom timesteps must lie in [0, {self.config.num_train_timesteps - 1}], got {ts.tolist()}")
+        return ts.astype(np.int64)
+
+    def _install_schedule(self, timesteps: np.ndarray, previous: np.ndarray) -> None:
+        """Adopt descending inference ``timesteps`` and the table ``previous[t]`` (length T) of
+        the timestep a step from t lands on (-1: the step ends at x0)."""
+        self.timesteps = timesteps.astype(np.int64)
+        self.num_inference_steps = len(timesteps)
+        self._previous_table_host = previous.astype(np.int64)
+        self._set_table("previous_timestep_table", previous, ms.int32)
+
+    def _previous_in_list(self, timesteps: np.ndarray) -> np.ndarray:
+        """``previous`` table where each listed timestep steps to the next one in the list."""
+        previous = np.arange(self.config.num_train_timesteps) - 1
+        previous[timesteps] = np.append(timesteps[1:], -1)
+        return previous
+
+    def _check_host_timestep(self, timestep, in_schedule: bool) -> None:
+        """Validate a Python/numpy timestep on the host (Tensors pass unchecked: they may be traced)."""
+        if isinstance(timestep, Tensor) or isinstance(timestep, bool):
+            return
+        values = np.asarray(timestep).reshape(-1)
+        allowed = self.timesteps if in_schedule else np.arange(self.config.num_train_timesteps)
+        bad = [v for v in values.tolist() if v not in set(allowed.tolist())]
+        if bad:
+            where = "in the schedule set by set_timesteps" if in_schedule else f"in [0, {self.config.num_train_timesteps - 1}]"
+            raise ValueError(f"timestep {bad[0]!r} is not {where}: {allowed.tolist()[:12]}{'...' if len(allowed) > 12 else ''}")
+
+    def previous_timestep(self, timestep: TimestepLike):
+        """The timestep a step from ``timestep`` lands on (-1 after the last step)."""
+        self._check_ready()
+        return int(self._previous_table_host[int(timestep)])
+
+    def _alpha_cumprod_pair(self, timestep: Tensor, sample: Tensor, final_alpha_cumprod: float) -> Tuple[Tensor, Tensor]:
+        """(ᾱ_t, ᾱ_prev) in float32, broadcast against ``sample``; ᾱ_prev = ``final_alpha_cumprod`` past the end."""
+        prev = ops.gather(self.previous_timestep_table, timestep.astype(ms.int32), 0)
+        abar_t = gather(self.alphas_cumprod_table, timestep, sample)
+        abar_prev_raw = gather(self.alphas_cumprod_table, ops.maximum(prev, 0), sample)
+        abar_prev = ops.where(broadcast_to_sample(prev, sample) >= 0, abar_prev_raw, ops.full_like(abar_prev_raw, final_alpha_cumprod))
+        return abar_t, abar_prev
+
+    @staticmethod
+    def _check_prediction_type(prediction_type: str, allowed: Sequence[str] = PREDICTION_TYPES) -> None:
+        check_choice("prediction_type", prediction_type, allowed)
+
+    def _signal_noise(self, timestep: Tensor, sample: Tensor) -> Tuple[Tensor, Tensor]:
+        """(sqrt(ᾱ_t), sqrt(1-ᾱ_t)) in float32, broadcast against ``sample``."""
+        abar = gather(self.alphas_cumprod_table, timestep, sample)
+        return ops.sqrt(abar), ops.sqrt(1.0 - abar)
+
+    def _host_signal_noise(self, timesteps, like: Tensor) -> Tuple[Tensor, Tensor]:
+        # Range-check host values only: a Tensor may be a traced value inside a compiled train step.
+        if not isinstance(timesteps, Tensor):
+            host = np.asarray(timesteps)
+            if host.size and (host.min() < 0 or host.max() >= len(self.alphas_cumprod)):
+                raise ValueError(f"timesteps must lie in [0, {len(self.alphas_cumprod) - 1}], got {host.tolist()}")
+        alpha, sigma = self._signal_noise(self._timestep_tensor(timesteps, like.shape[0]), like)
+        return alpha.astype(like.dtype), sigma.astype(like.dtype)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
+        """Forward process q(x_t | x_0): sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε, per-sample timesteps allowed."""
+        alpha, sigma = self._host_signal_noise(timesteps, original_samples)
+        return alpha * original_samples + sigma * noise
+
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
+        """The v-prediction target v = sqrt(ᾱ_t)·ε - sqrt(1-ᾱ_t)·x0 (Salimans & Ho 2022, eq. 9)."""
+        alpha, sigma = self._host_signal_noise(timesteps, sample)
+        return alpha * noise - sigma * sample

@@ -1,0 +1,131 @@
+"""DDIM: denoising diffusion implicit models (Song et al. 2021)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, ops
+
+from ..configuration import register_to_config
+from ..outputs import SchedulerOutput
+from ..utils import GeneratorLike, check_choice
+from . import schedules
+from .base import TimestepLike, VPSchedulerBase, clip_or_threshold, predict_x0_and_eps
+
+
+class DDIMScheduler(VPSchedulerBase):
+    """DDIM sampling (Song et al. 2021, eq. 12):
+
+    x_{t-1} = sqrt(ᾱ_{t-1})·x̂0 + sqrt(1 - ᾱ_{t-1} - σ_t²)·ε̂ + σ_t·z,
+    σ_t = η·sqrt((1-ᾱ_{t-1})/(1-ᾱ_t))·sqrt(1 - ᾱ_t/ᾱ_{t-1})  (eq. 16).
+
+    η = 0 is the deterministic DDIM; η = 1 is DDPM's ancestral step. The step goes from t to
+    t - T//N for every spacing; past 0 it lands on ``final_alpha_cumprod`` (1 with
+    ``set_alpha_to_one``, else ᾱ_0).
+
+    The constructor follows the MindScience signature (default ``beta_schedule`` is
+    ``"squaredcos_cap_v2"``) plus diffusers' ``trained_betas``, ``set_alpha_to_one`` and
+    ``steps_offset``.
+
+    Example:
+        >>> import mindspore as ms, numpy as np
+        >>> from mindscience_diffuser import DDIMScheduler
+        >>> scheduler = DDIMScheduler()
+        >>> scheduler.set_timesteps(10)
+        >>> x = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 8, 8)), ms.float32)
+        >>> for t in scheduler.timesteps:
+        ...     eps = 0.1 * x  # stands in for a trained model
+        ...     x = scheduler.step(eps, x, int(t))
+        >>> x.shape
+        (1, 3, 8, 8)
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "squaredcos_cap_v2",
+        prediction_type: str = "epsilon",
+        clip_sample: bool = True,
+        clip_sample_range: float = 1.0,
+        thresholding: bool = False,
+        sample_max_value: float = 1.0,
+        dynamic_thresholding_ratio: float = 0.995,
+        rescale_betas_zero_snr: bool = False,
+        timestep_spacing: str = "leading",
+        trained_betas: Optional[Sequence[float]] = None,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        compute_dtype=ms.float32,
+    ):
+        super().__init__(compute_dtype)
+        self._check_prediction_type(prediction_type)
+        check_choice("timestep_spacing", timestep_spacing, schedules.TIMESTEP_SPACINGS)
+        self._init_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr)
+        self.prediction_type = prediction_type
+        self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
+        self._x0_options = (thresholding, clip_sample, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None) -> None:
+        """Choose the inference timesteps: ``num_inference_steps`` spaced by ``timestep_spacing``,
+        or an explicit descending list ``timesteps`` (each steps to the next one in the list)."""
+        cfg = self.config
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("pass exactly one of num_inference_steps or timesteps")
+        if timesteps is not None:
+            ts = self._check_custom_timesteps(timesteps)
+            self.custom_timesteps = True
+            self._install_schedule(ts, self._previous_in_list(ts))
+            return
+        n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
+        ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset).astype(np.int64)
+        self.custom_timesteps = False
+        self._install_schedule(ts, np.arange(cfg.num_train_timesteps) - cfg.num_train_timesteps // n)
+
+    def construct(self, model_output: Tensor, sample: Tensor, timestep: Tensor, noise: Tensor, eta=0.0, use_clipped_model_output: bool = False):
+        """One DDIM step; returns ``(prev_sample, pred_original_sample)``. Pure MindSpore."""
+        abar_t, abar_prev = self._alpha_cumprod_pair(timestep, sample, self.final_alpha_cumprod)
+        alpha_t, sigma_t = ops.sqrt(abar_t), ops.sqrt(1.0 - abar_t)
+        x0, eps = predict_x0_and_eps(
+            self.prediction_type, model_output.astype(ms.float32), sample.astype(ms.float32), alpha_t, sigma_t
+        )
+        x0 = clip_or_threshold(x0, *self._x0_options)
+        if use_clipped_model_output:
+            eps = (sample.astype(ms.float32) - alpha_t * x0) / sigma_t
+        variance = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
+        std = eta * ops.sqrt(variance)
+        direction = ops.sqrt(ops.clamp(1.0 - abar_prev - std * std, 0.0)) * eps
+        prev = ops.sqrt(abar_prev) * x0 + direction + std * noise.astype(ms.float32)
+        return self._cast(prev), self._cast(x0)
+
+    def step(
+        self,
+        model_output: Tensor,
+        sample: Tensor,
+        timestep: TimestepLike,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: GeneratorLike = None,
+        variance_noise: Optional[Tensor] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """Step from ``timestep`` to the previous one.
+
+        Returns the previous sample (``return_dict=None``), a :class:`SchedulerOutput`
+        (``True``) or ``(prev_sample, pred_original_sample)`` (``False``). Noise is drawn
+        only when ``eta > 0``: ``variance_noise`` if given, else from ``generator``.
+        """
+        self._check_ready()
+        self._check_tensors(model_output, sample)
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+            raise TypeError(f"eta must be a float in [0, 1], got {type(eta).__name__}")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1] (0: DDIM, 1: DDPM), got {eta}")
+        self._check_host_timestep(timestep, in_schedule=False)
+        t = self._timestep_tensor(timestep, sample.shape[0])
+        noise = self._noise_like(sample, generator, variance_noise) if eta > 0 else self._zeros_like(sample)
+        prev, x0 = self(self._cast(model_output), self._cast(sample), t, noise, float(eta), bool(use_clipped_model_output))
+        return self._pack(return_dict, SchedulerOutput, prev, x0)
