@@ -7,6 +7,6 @@ from .outputs import (
     SdeVeOutput,
     UNet2DOutput,
 )
-from .schedulers import DDIMScheduler
+from .schedulers import *  # noqa: F401,F403  (every scheduler class)
 
 __version__ = "0.1.0"

@@ -1,3 +1,8 @@
-"""Schedulers: one file per scheduler, shared pieces in ``schedules`` (host) and ``base`` (device)."""
+"""Schedulers: one file per scheduler, shared pieces in ``schedules`` (host) and ``base`` (device).
+
+Each scheduler module adds its class to ``__all__`` through the import below.
+"""
 from .base import SchedulerBase, VPSchedulerBase
 from .ddim import DDIMScheduler
+
+__all__ = [name for name in dir() if name.endswith("Scheduler") or name.endswith("SchedulerBase")]
