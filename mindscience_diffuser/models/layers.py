@@ -1,0 +1,126 @@
+"""Primitive layers whose parameter names equal PyTorch's (``weight`` / ``bias``).
+
+MindSpore's own ``nn.GroupNorm`` calls its affine parameters ``gamma``/``beta`` and
+``nn.Embedding`` calls its table ``embedding_table``; the layers here use diffusers'
+names instead, so a UNet's ``parameters_and_names()`` *is* the diffusers state-dict key set
+and weight loading needs no renaming table.
+
+Every layer keeps its parameters in the model's ``compute_dtype``. The numerically fragile
+reductions (group-norm statistics, softmax) are computed in float32 whatever that dtype is.
+"""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+from ..utils import check_choice
+
+#: Activation names diffusers' ``get_activation`` accepts (case-insensitive).
+ACTIVATIONS = ("swish", "silu", "mish", "gelu", "relu")
+
+
+def get_activation(act_fn: str) -> nn.Cell:
+    """The activation Cell for a diffusers ``act_fn`` name.
+
+    ``swish`` and ``silu`` are both x·σ(x); ``gelu`` is the exact (erf) form, as torch's default.
+    """
+    name = act_fn.lower() if isinstance(act_fn, str) else act_fn
+    check_choice("act_fn", name, ACTIVATIONS)
+    if name in ("swish", "silu"):
+        return nn.SiLU()
+    if name == "mish":
+        return nn.Mish()
+    if name == "gelu":
+        return nn.GELU(approximate=False)
+    return nn.ReLU()
+
+
+def check_groups(name: str, num_channels: int, num_groups: int) -> None:
+    """Raise ``ValueError`` unless ``num_channels`` splits into ``num_groups`` equal groups."""
+    if not isinstance(num_groups, int) or num_groups < 1 or num_channels % num_groups != 0:
+        raise ValueError(
+            f"{name}: {num_channels} channels cannot be split into {num_groups} groups "
+            f"(the channel count must be a positive multiple of the group count)"
+        )
+
+
+class GroupNorm(nn.Cell):
+    """Group normalisation over (C, spatial...) of an NC... tensor.
+
+    y = (x − mean_g) / sqrt(var_g + eps) · weight_c + bias_c, with the biased variance of each
+    of ``num_groups`` channel groups. Statistics and the affine map run in float32 and the
+    result is cast back to the input dtype, so float16 inference does not lose the variance.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, dtype=ms.float32, name: str = "GroupNorm"):
+        super().__init__()
+        check_groups(name, num_channels, num_groups)
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = float(eps)
+        self.weight = Parameter(initializer("ones", (num_channels,), dtype), name="weight")
+        self.bias = Parameter(initializer("zeros", (num_channels,), dtype), name="bias")
+
+    def construct(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        shape = x.shape
+        h = x.astype(ms.float32).reshape(shape[0], self.num_groups, -1)
+        mean = h.mean(axis=-1, keep_dims=True)
+        centred = h - mean
+        var = (centred * centred).mean(axis=-1, keep_dims=True)
+        h = (centred * ops.rsqrt(var + self.eps)).reshape(shape[0], self.num_channels, -1)
+        h = h * self.weight.astype(ms.float32).reshape(1, -1, 1) + self.bias.astype(ms.float32).reshape(1, -1, 1)
+        return h.reshape(shape).astype(dtype)
+
+
+class Embedding(nn.Cell):
+    """A lookup table ``weight[index]`` (``weight``: (num_embeddings, dim)), as ``torch.nn.Embedding``."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(sigma=1.0), (num_embeddings, embedding_dim), dtype), name="weight")
+
+    def construct(self, index: Tensor) -> Tensor:
+        return ops.gather(self.weight, index.astype(ms.int32), 0)
+
+
+def Conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: Union[int, Tuple[int, int, int, int]] = 0,
+    dtype=ms.float32,
+) -> nn.Cell:
+    """A biased ``nn.Conv2d`` with explicit zero padding (torch's ``padding=``).
+
+    ``padding`` is an int or (top, bottom, left, right). Parameters ``weight`` (O, I, kH, kW)
+    and ``bias`` (O,) have torch's layout.
+    """
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        pad_mode="pad",
+        padding=padding,
+        has_bias=True,
+        dtype=dtype,
+    )
+
+
+def Linear(in_features: int, out_features: int, dtype=ms.float32) -> nn.Cell:
+    """A biased ``nn.Dense``: y = x Wᵀ + b with ``weight`` (out, in), torch's layout."""
+    return nn.Dense(in_features, out_features, has_bias=True, dtype=dtype)
+
+
+def fir_kernel_2d(taps=(1, 3, 3, 1), gain: float = 1.0) -> np.ndarray:
+    """The separable FIR filter k kᵀ / (Σk)², scaled by ``gain``, shaped (1, 1, kH, kW)."""
+    k = np.asarray(taps, dtype=np.float64)
+    k2 = np.outer(k, k)
+    k2 = k2 / k2.sum() * gain
+    return k2[None, None].astype(np.float32)

@@ -1,0 +1,115 @@
+"""Weight files in diffusers' layout: ``diffusion_pytorch_model.safetensors`` (optionally sharded
+with a ``.safetensors.index.json``), read and written with safetensors' numpy API, no torch.
+
+Parameter names of the models here equal diffusers' state-dict keys, so loading is a strict
+name-for-name, shape-for-shape copy: anything missing, unexpected or misshapen is reported in
+one ``ValueError`` before a single parameter is touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Union
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+
+_NP_DTYPES = {ms.float32: np.float32, ms.float16: np.float16}
+
+
+def _read_safetensors(path: Path) -> Dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise OSError(f"cannot read weight file {path}: {err}") from err
+
+
+def read_weights(directory: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
+    """All tensors of the model in ``directory``, as numpy arrays keyed by diffusers' names."""
+    directory = Path(directory)
+    single = directory / WEIGHTS_NAME
+    index = directory / WEIGHTS_INDEX_NAME
+    if single.is_file():
+        return _read_safetensors(single)
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise OSError(f"weight index {index} is not a valid safetensors index: {err}") from err
+        arrays: Dict[str, np.ndarray] = {}
+        for shard in sorted(set(weight_map.values())):
+            arrays.update(_read_safetensors(directory / shard))
+        return arrays
+    hint = ""
+    if (directory / "diffusion_pytorch_model.bin").is_file():
+        hint = " (a PyTorch .bin file is present; only safetensors files are read: re-save with safe_serialization=True)"
+    raise OSError(f"weight file not found: {single}{hint}")
+
+
+def model_state(model: nn.Cell) -> Dict[str, ms.Parameter]:
+    """The model's parameters keyed by their diffusers names."""
+    return {name: param for name, param in model.parameters_and_names()}
+
+
+def load_state_dict(model: nn.Cell, arrays: Dict[str, np.ndarray], source: str = "weights") -> None:
+    """Copy ``arrays`` into ``model``'s parameters (cast to each parameter's dtype).
+
+    Raises ``ValueError`` listing missing keys, unexpected keys and shape mismatches, all at
+    once, and leaves the model untouched in that case.
+    """
+    params = model_state(model)
+    missing = sorted(set(params) - set(arrays))
+    unexpected = sorted(set(arrays) - set(params))
+    wrong_shape = sorted(
+        f"{k}: file {tuple(arrays[k].shape)}, model {tuple(params[k].shape)}"
+        for k in set(params) & set(arrays)
+        if tuple(arrays[k].shape) != tuple(params[k].shape)
+    )
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if wrong_shape:
+            parts.append(f"wrong shapes {wrong_shape}")
+        raise ValueError(f"{source} do not fit the {type(model).__name__} config: " + "; ".join(parts))
+    for name, param in params.items():
+        np_dtype = _NP_DTYPES.get(param.dtype, np.float32)
+        param.set_data(ms.Tensor(np.ascontiguousarray(arrays[name], dtype=np_dtype)))
+
+
+def load_model_weights(model: nn.Cell, directory: Union[str, os.PathLike]) -> None:
+    """Read the weight file(s) in ``directory`` into ``model`` (strict)."""
+    load_state_dict(model, read_weights(directory), source=f"weights in {directory}")
+
+
+def state_arrays(model: nn.Cell) -> Dict[str, np.ndarray]:
+    """The model's parameters as contiguous numpy arrays keyed by diffusers names."""
+    return {name: np.ascontiguousarray(param.asnumpy()) for name, param in model.parameters_and_names()}
+
+
+def save_model_weights(model: nn.Cell, directory: Union[str, os.PathLike]) -> Path:
+    """Write ``diffusion_pytorch_model.safetensors`` via a temporary file and ``os.replace``,
+    with the ``{"format": "pt"}`` metadata diffusers writes; returns its path."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / WEIGHTS_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file(state_arrays(model), str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
