@@ -83,6 +83,11 @@ def record_loop(case: Dict[str, Any]) -> Dict[str, np.ndarray]:
     ``seed``, optional ``init`` (``"sigma"``: x_T = noise·init_noise_sigma, the default) and
     ``randn_modules`` (modules whose randn_tensor to tape).
     """
+    if case.get("recorder"):
+        # A family whose loop is not the plain one (several noise draws or step functions per
+        # step, another model) names its own recorder, "module:function", returning the same arrays.
+        module_name, _, function = case["recorder"].partition(":")
+        return getattr(importlib.import_module(module_name), function)(case)
     import diffusers
 
     cls = getattr(diffusers, case["cls"])

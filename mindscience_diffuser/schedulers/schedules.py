@@ -200,3 +200,61 @@ def chosen_sigma_schedule(use_karras_sigmas: bool = False, use_exponential_sigma
             "only one of use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas may be True, got " + ", ".join(f"use_{c}_sigmas" for c in chosen)
         )
     return chosen[0] if chosen else None
+
+
+# ----------------------------------------------------------------------------- float32 tables as diffusers' torch builds them
+
+def torch_linspace_float32(start: float, end: float, steps: int) -> np.ndarray:
+    """``torch.linspace(start, end, steps, dtype=torch.float32)`` on CPU, bit for bit.
+
+    torch rounds start/end to float32, takes a float32 step (end-start)/(steps-1) and fills the
+    first half as fma(step, i, start) and the second as fma(-step, steps-1-i, end) (one rounding
+    each); the fused multiply-add is reproduced exactly in float64.
+    """
+    s, e = np.float32(start), np.float32(end)
+    if steps == 1:
+        return np.array([s], np.float32)
+    step = np.float64((e - s) / np.float32(steps - 1))
+    i = np.arange(steps, dtype=np.float64)
+    low = (np.float64(s) + step * i).astype(np.float32)
+    high = (np.float64(e) - step * (steps - 1 - i)).astype(np.float32)
+    return np.where(np.arange(steps) < steps // 2, low, high)
+
+
+def float32_cumprod(values: np.ndarray) -> np.ndarray:
+    """torch's CPU ``cumprod`` of a float32 vector (accumulated in float64, stored as float32)."""
+    return np.cumprod(np.asarray(values, np.float32).astype(np.float64)).astype(np.float32)
+
+
+def float32_betas(beta_schedule: str, num_train_timesteps: int, beta_start: float, beta_end: float, trained_betas=None, allowed=BETA_SCHEDULES) -> np.ndarray:
+    """The float32 β table diffusers' torch schedulers (Euler, DPM-Solver, ...) start from:
+    torch.linspace in float32 for ``linear``/``scaled_linear`` (squared in float32), the
+    float64 cosine betas cast to float32 for ``squaredcos_cap_v2``."""
+    if trained_betas is not None:
+        return make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas).astype(np.float32)
+    check_choice("beta_schedule", beta_schedule, allowed)
+    make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)  # validates num_train_timesteps
+    if beta_schedule == "linear":
+        return torch_linspace_float32(beta_start, beta_end, num_train_timesteps)
+    if beta_schedule == "scaled_linear":
+        return torch_linspace_float32(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
+    return make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end).astype(np.float32)
+
+
+def rescale_zero_terminal_snr_float32(betas: np.ndarray) -> np.ndarray:
+    """:func:`rescale_zero_terminal_snr` in diffusers' float32 arithmetic, operation by operation
+    (ᾱ near T comes from a float32 cancellation, so float64 would not reproduce it)."""
+    one = np.float32(1.0)
+    sqrt_abar = np.sqrt(float32_cumprod(one - np.asarray(betas, np.float32)))
+    first, last = sqrt_abar[0], sqrt_abar[-1]
+    sqrt_abar = (sqrt_abar - last) * (first / (first - last))
+    abar = sqrt_abar**2
+    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    return one - alphas
+
+
+def karras_ramp_sigmas(ramp: np.ndarray, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. 2022, eq. 5 at arbitrary ramp positions u ∈ [0, 1]: (σ_max^{1/ρ} + u·(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ
+    (the consistency-model sampler places u at its own training steps)."""
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + np.asarray(ramp, np.float64) * (lo - hi)) ** rho
