@@ -121,3 +121,15 @@ def replay(
         assert np.all(np.isfinite(out)), f"{name}: non-finite sample after step {i} ({compute_dtype})"
         errors.append(rel_err(out, rec["samples"][i + 1]))
     return errors
+
+
+def dummy_sample_deter() -> Tensor:
+    """diffusers' deterministic test sample: arange(768)/768 laid out as (4, 3, 8, 8)."""
+    sample = np.arange(4 * 3 * 8 * 8).reshape(3, 8, 8, 4) / (4 * 3 * 8 * 8)
+    return Tensor(sample.transpose(3, 0, 1, 2).astype(np.float32))
+
+
+def dummy_model(sample: Tensor, t) -> Tensor:
+    """diffusers' test model m(x, t) = x·t/(t+1)."""
+    t = float(t.item() if hasattr(t, "item") else t)
+    return sample * (t / (t + 1))

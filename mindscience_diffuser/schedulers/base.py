@@ -221,7 +221,10 @@ class VPSchedulerBase(SchedulerBase):
     """Schedulers on a discrete variance-preserving β schedule: x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε.
 
     Owns ``betas``/``alphas_cumprod`` (host, float64) and the device table of ᾱ, and the
-    timestep-indexed helpers that every such scheduler shares.
+    timestep-indexed helpers that every such scheduler shares. A subclass defines
+    ``_step_coefficients(abar, abar_prev) -> {name: array over t}``: the per-timestep scalars
+    of its update, computed on the host in float64 when the schedule is set, so that a step
+    looks them all up with a single gather.
     """
 
     def _init_betas(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr=False):
@@ -249,11 +252,37 @@ class VPSchedulerBase(SchedulerBase):
 
     def _install_schedule(self, timesteps: np.ndarray, previous: np.ndarray) -> None:
         """Adopt descending inference ``timesteps`` and the table ``previous[t]`` (length T) of
-        the timestep a step from t lands on (-1: the step ends at x0)."""
+        the timestep a step from t lands on (-1: the step ends at x0), then let the subclass
+        tabulate its per-timestep coefficients."""
         self.timesteps = timesteps.astype(np.int64)
         self.num_inference_steps = len(timesteps)
         self._previous_table_host = previous.astype(np.int64)
-        self._set_table("previous_timestep_table", previous, ms.int32)
+        abar = self.alphas_cumprod
+        abar_prev = np.where(previous >= 0, abar[np.maximum(previous, 0)], self._final_alpha_cumprod())
+        if self.config.prediction_type == "epsilon" and np.any(abar[timesteps] == 0):
+            raise ValueError(
+                "epsilon prediction cannot recover x0 where alpha_cumprod is 0 (rescale_betas_zero_snr with a "
+                "schedule that reaches the last training timestep); use prediction_type='v_prediction' or 'sample', "
+                "or timestep_spacing='leading'"
+            )
+        self._set_coefficients(self._step_coefficients(abar, abar_prev))
+
+    def _final_alpha_cumprod(self) -> float:
+        """ᾱ after the last step (a step past t = 0 ends on clean data)."""
+        return 1.0
+
+    def _set_coefficients(self, columns: Dict[str, np.ndarray]) -> None:
+        """Store named per-timestep columns as one (T, K) device table: a step costs one gather."""
+        self._coef_columns = {name: k for k, name in enumerate(columns)}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            table = np.stack([np.asarray(v, np.float64) for v in columns.values()], axis=1)
+        self._set_table("step_coefficients", table)
+
+    def _coefficients(self, timestep: Tensor) -> Tensor:
+        return ops.gather(self.step_coefficients, timestep.astype(ms.int32), 0)
+
+    def _column(self, coefficients: Tensor, name: str, sample: Tensor) -> Tensor:
+        return broadcast_to_sample(coefficients[..., self._coef_columns[name]], sample)
 
     def _previous_in_list(self, timesteps: np.ndarray) -> np.ndarray:
         """``previous`` table where each listed timestep steps to the next one in the list."""
@@ -276,128 +305,3 @@ class VPSchedulerBase(SchedulerBase):
         """The timestep a step from ``timestep`` lands on (-1 after the last step)."""
         self._check_ready()
         return int(self._previous_table_host[int(timestep)])
-
-    def _alpha_cumprod_pair(self, timestep: Tensor, sample: Tensor, final_alpha_cumprod: float) -> Tuple[Tensor, Tensor]:
-        """(ᾱ_t, ᾱ_prev) in float32, broadcast against ``sample``; ᾱ_prev = ``final_alpha_cumprod`` past the end."""
-        prev = ops.gather(self.previous_timestep_table, timestep.astype(ms.int32), 0)
-        abar_t = gather(self.alphas_cumprod_table, timestep, sample)
-        abar_prev_raw = gather(self.alphas_cumprod_table, ops.maximum(prev, 0), sample)
-        abar_prev = ops.where(broadcast_to_sample(prev, sample) >= 0, abar_prev_raw, ops.full_like(abar_prev_raw, final_alpha_cumprod))
-        return abar_t, abar_prev
-
-    @staticmethod
-    def _check_prediction_type(prediction_type: str, allowed: Sequence[str] = PREDICTION_TYPES) -> None:
-        check_choice("prediction_type", prediction_type, allowed)
-
-    def _signal_noise(self, timestep: Tensor, sample: Tensor) -> Tuple[Tensor, Tensor]:
-        """(sqrt(ᾱ_t), sqrt(1-ᾱ_t)) in float32, broadcast against ``sample``."""
-        abar = gather(self.alphas_cumprod_table, timestep, sample)
-        return ops.sqrt(abar), ops.sqrt(1.0 - abar)
-
-    def _host_signal_noise(self, timesteps, like: Tensor) -> Tuple[Tensor, Tensor]:
-        # Range-check host values only: a Tensor may be a traced value inside a compiled train step.
-        if not isinstance(timesteps, Tensor):
-            host = np.asarray(timesteps)
-            if host.size and (host.min() < 0 or host.max() >= len(self.alphas_cumprod)):
-                raise ValueError(f"timesteps must lie in [0, {len(self.alphas_cumprod) - 1}], got {host.tolist()}")
-        alpha, sigma = self._signal_noise(self._timestep_tensor(timesteps, like.shape[0]), like)
-        return alpha.astype(like.dtype), sigma.astype(like.dtype)
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
-        """Forward process q(x_t | x_0): sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε, per-sample timesteps allowed."""
-        alpha, sigma = self._host_signal_noise(timesteps, original_samples)
-        return alpha * original_samples + sigma * noise
-
-    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
-        """The v-prediction target v = sqrt(ᾱ_t)·ε - sqrt(1-ᾱ_t)·x0 (Salimans & Ho 2022, eq. 9)."""
-        alpha, sigma = self._host_signal_noise(timesteps, sample)
-        return alpha * noise - sigma * sample
-
-
-def _is_float_array(value) -> bool:
-    if isinstance(value, Tensor):
-        return value.dtype in (ms.float16, ms.float32, ms.float64, ms.bfloat16)
-    return np.issubdtype(value.dtype, np.floating)
-
-
-class SigmaStepIndexMixin:
-    """Host bookkeeping for schedulers that walk a σ table by step index (Euler, consistency models).
-
-    The step index lives on the host: the first ``step``/``scale_model_input`` finds it from the
-    timestep (the *second* match when the timestep appears twice, so a schedule entered
-    mid-way does not skip a σ) or takes ``begin_index``; each ``step`` then advances it by one.
-    The compiled core takes the index as a Tensor, so a compiled loop can carry it itself.
-
-    A subclass sets ``self.timesteps`` (numpy, float) and ``self._sigmas_host`` (numpy float32,
-    one entry longer than ``timesteps``) in ``set_timesteps`` and calls ``_reset_step_index``.
-    """
-
-    _step_index: Optional[int] = None
-
-    @property
-    def step_index(self) -> Optional[int]:
-        """The index of the next step in ``timesteps`` (None until the first step)."""
-        return self._step_index
-
-    def _reset_step_index(self) -> None:
-        self._step_index = None
-        self._begin_index = None
-
-    def _host_float_timestep(self, timestep, batch: Optional[int] = None) -> float:
-        """The timestep as a Python float; integers are rejected because they are almost always
-        a loop counter from ``enumerate(timesteps)`` rather than an entry of ``timesteps``."""
-        if isinstance(timestep, bool):
-            raise TypeError("timestep must be a float or a float Tensor, got bool")
-        if isinstance(timestep, (int, np.integer)) or (isinstance(timestep, (Tensor, np.ndarray)) and not _is_float_array(timestep)):
-            raise ValueError(
-                f"{type(self).__name__} takes timesteps as floats, one of scheduler.timesteps, got the integer {timestep!r}: "
-                "integer indices (e.g. from enumerate(timesteps)) are not timesteps. Pass the entry of scheduler.timesteps itself"
-            )
-        if isinstance(timestep, (float, np.floating)):
-            return float(timestep)
-        if not isinstance(timestep, (Tensor, np.ndarray)):
-            raise TypeError(f"timestep must be a float or a float Tensor, got {type(timestep).__name__}")
-        values = (timestep.asnumpy() if isinstance(timestep, Tensor) else timestep).astype(np.float64).reshape(-1)
-        if values.size < 1 or timestep.ndim > 1 or (batch is not None and timestep.ndim == 1 and values.size != batch):
-            raise ValueError(f"timestep must be a scalar or a ({batch},) Tensor, got shape {tuple(timestep.shape)}")
-        if np.any(values != values[0]):
-            raise ValueError(f"{type(self).__name__} steps the whole batch at one timestep; got different per-sample timesteps {values.tolist()}")
-        return float(values[0])
-
-    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
-        """Position of ``timestep`` in the schedule: the second match if it occurs more than once."""
-        schedule = np.asarray(self.timesteps if schedule_timesteps is None else schedule_timesteps, np.float64).reshape(-1)
-        value = timestep if isinstance(timestep, float) else self._host_float_timestep(timestep)
-        matches = np.flatnonzero(schedule == value)
-        if matches.size == 0:
-            shown = ", ".join(f"{v:.6g}" for v in schedule[:12]) + (", ..." if schedule.size > 12 else "")
-            raise ValueError(f"timestep {value!r} is not in the schedule set by set_timesteps: [{shown}]")
-        return int(matches[1] if matches.size > 1 else matches[0])
-
-    def _step_index_for(self, timestep, batch: Optional[int] = None) -> int:
-        """The index this step uses: the running counter, started from ``timestep`` or ``begin_index``."""
-        value = self._host_float_timestep(timestep, batch)
-        if self._step_index is None:
-            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(value)
-        else:
-            self.index_for_timestep(value)  # a timestep from outside the schedule is a caller error
-        if self._step_index >= len(self.timesteps):
-            raise ValueError(f"all {len(self.timesteps)} steps of the schedule are done; call set_timesteps again to sample anew")
-        return self._step_index
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps) -> Tensor:
-        """x = x0 + σ·ε with σ at each timestep's step index (``begin_index`` / the running
-        index when set, as in image-to-image and inpainting)."""
-        self._check_ready()
-        values = (timesteps.asnumpy() if isinstance(timesteps, Tensor) else np.asarray(timesteps)).astype(np.float64).reshape(-1)
-        batch = original_samples.shape[0]
-        if values.size == 1:
-            values = np.repeat(values, batch)
-        if values.size != batch:
-            raise ValueError(f"timesteps must be a scalar or have shape ({batch},), got {values.size} values")
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(float(v)) for v in values]
-        else:
-            indices = [self._step_index if self._step_index is not None else self._begin_index] * batch
-        sigma = Tensor(self._sigmas_host[indices].astype(np.float32)).astype(original_samples.dtype)
-        return original_samples + noise * broadcast_to_sample(sigma, original_samples)

@@ -85,20 +85,30 @@ class DDIMScheduler(VPSchedulerBase):
         self.custom_timesteps = False
         self._install_schedule(ts, np.arange(cfg.num_train_timesteps) - cfg.num_train_timesteps // n)
 
+    def _final_alpha_cumprod(self) -> float:
+        return self.final_alpha_cumprod
+
+    def _step_coefficients(self, abar, abar_prev):
+        return {
+            "alpha": np.sqrt(abar),
+            "sigma": np.sqrt(1.0 - abar),
+            "alpha_prev": np.sqrt(abar_prev),
+            "sigma_prev_sq": 1.0 - abar_prev,
+            "variance": (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev),
+        }
+
     def construct(self, model_output: Tensor, sample: Tensor, timestep: Tensor, noise: Tensor, eta=0.0, use_clipped_model_output: bool = False):
         """One DDIM step; returns ``(prev_sample, pred_original_sample)``. Pure MindSpore."""
-        abar_t, abar_prev = self._alpha_cumprod_pair(timestep, sample, self.final_alpha_cumprod)
-        alpha_t, sigma_t = ops.sqrt(abar_t), ops.sqrt(1.0 - abar_t)
-        x0, eps = predict_x0_and_eps(
-            self.prediction_type, model_output.astype(ms.float32), sample.astype(ms.float32), alpha_t, sigma_t
-        )
+        coefs = self._coefficients(timestep)
+        alpha, sigma = self._column(coefs, "alpha", sample), self._column(coefs, "sigma", sample)
+        x_t = sample.astype(ms.float32)
+        x0, eps = predict_x0_and_eps(self.prediction_type, model_output.astype(ms.float32), x_t, alpha, sigma)
         x0 = clip_or_threshold(x0, *self._x0_options)
         if use_clipped_model_output:
-            eps = (sample.astype(ms.float32) - alpha_t * x0) / sigma_t
-        variance = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
-        std = eta * ops.sqrt(variance)
-        direction = ops.sqrt(ops.clamp(1.0 - abar_prev - std * std, 0.0)) * eps
-        prev = ops.sqrt(abar_prev) * x0 + direction + std * noise.astype(ms.float32)
+            eps = (x_t - alpha * x0) / sigma
+        std = eta * ops.sqrt(self._column(coefs, "variance", sample))
+        direction = ops.sqrt(ops.clamp(self._column(coefs, "sigma_prev_sq", sample) - std * std, 0.0)) * eps
+        prev = self._column(coefs, "alpha_prev", sample) * x0 + direction + std * noise.astype(ms.float32)
         return self._cast(prev), self._cast(x0)
 
     def step(
