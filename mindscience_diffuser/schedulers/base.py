@@ -305,3 +305,92 @@ class VPSchedulerBase(SchedulerBase):
         """The timestep a step from ``timestep`` lands on (-1 after the last step)."""
         self._check_ready()
         return int(self._previous_table_host[int(timestep)])
+
+
+def _is_float_array(value) -> bool:
+    if isinstance(value, Tensor):
+        return value.dtype in (ms.float16, ms.float32, ms.float64, ms.bfloat16)
+    return np.issubdtype(value.dtype, np.floating)
+
+
+class SigmaStepIndexMixin:
+    """Host bookkeeping for schedulers that walk a σ table by step index (Euler, consistency models).
+
+    The step index lives on the host: the first ``step``/``scale_model_input`` finds it from the
+    timestep (the *second* match when the timestep appears twice, so a schedule entered
+    mid-way does not skip a σ) or takes ``begin_index``; each ``step`` then advances it by one.
+    The compiled core takes the index as a Tensor, so a compiled loop can carry it itself.
+
+    A subclass sets ``self.timesteps`` (numpy, float) and ``self._sigmas_host`` (numpy float32,
+    one entry longer than ``timesteps``) in ``set_timesteps`` and calls ``_reset_step_index``.
+    """
+
+    _step_index: Optional[int] = None
+
+    @property
+    def step_index(self) -> Optional[int]:
+        """The index of the next step in ``timesteps`` (None until the first step)."""
+        return self._step_index
+
+    def _reset_step_index(self) -> None:
+        self._step_index = None
+        self._begin_index = None
+
+    def _host_float_timestep(self, timestep, batch: Optional[int] = None) -> float:
+        """The timestep as a Python float; integers are rejected because they are almost always
+        a loop counter from ``enumerate(timesteps)`` rather than an entry of ``timesteps``."""
+        if isinstance(timestep, bool):
+            raise TypeError("timestep must be a float or a float Tensor, got bool")
+        if isinstance(timestep, (int, np.integer)) or (isinstance(timestep, (Tensor, np.ndarray)) and not _is_float_array(timestep)):
+            raise ValueError(
+                f"{type(self).__name__} takes timesteps as floats, one of scheduler.timesteps, got the integer {timestep!r}: "
+                "integer indices (e.g. from enumerate(timesteps)) are not timesteps. Pass the entry of scheduler.timesteps itself"
+            )
+        if isinstance(timestep, (float, np.floating)):
+            return float(timestep)
+        if not isinstance(timestep, (Tensor, np.ndarray)):
+            raise TypeError(f"timestep must be a float or a float Tensor, got {type(timestep).__name__}")
+        values = (timestep.asnumpy() if isinstance(timestep, Tensor) else timestep).astype(np.float64).reshape(-1)
+        if values.size < 1 or timestep.ndim > 1 or (batch is not None and timestep.ndim == 1 and values.size != batch):
+            raise ValueError(f"timestep must be a scalar or a ({batch},) Tensor, got shape {tuple(timestep.shape)}")
+        if np.any(values != values[0]):
+            raise ValueError(f"{type(self).__name__} steps the whole batch at one timestep; got different per-sample timesteps {values.tolist()}")
+        return float(values[0])
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        """Position of ``timestep`` in the schedule: the second match if it occurs more than once."""
+        schedule = np.asarray(self.timesteps if schedule_timesteps is None else schedule_timesteps, np.float64).reshape(-1)
+        value = timestep if isinstance(timestep, float) else self._host_float_timestep(timestep)
+        matches = np.flatnonzero(schedule == value)
+        if matches.size == 0:
+            shown = ", ".join(f"{v:.6g}" for v in schedule[:12]) + (", ..." if schedule.size > 12 else "")
+            raise ValueError(f"timestep {value!r} is not in the schedule set by set_timesteps: [{shown}]")
+        return int(matches[1] if matches.size > 1 else matches[0])
+
+    def _step_index_for(self, timestep, batch: Optional[int] = None) -> int:
+        """The index this step uses: the running counter, started from ``timestep`` or ``begin_index``."""
+        value = self._host_float_timestep(timestep, batch)
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(value)
+        else:
+            self.index_for_timestep(value)  # a timestep from outside the schedule is a caller error
+        if self._step_index >= len(self.timesteps):
+            raise ValueError(f"all {len(self.timesteps)} steps of the schedule are done; call set_timesteps again to sample anew")
+        return self._step_index
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps) -> Tensor:
+        """x = x0 + σ·ε with σ at each timestep's step index (``begin_index`` / the running
+        index when set, as in image-to-image and inpainting)."""
+        self._check_ready()
+        values = (timesteps.asnumpy() if isinstance(timesteps, Tensor) else np.asarray(timesteps)).astype(np.float64).reshape(-1)
+        batch = original_samples.shape[0]
+        if values.size == 1:
+            values = np.repeat(values, batch)
+        if values.size != batch:
+            raise ValueError(f"timesteps must be a scalar or have shape ({batch},), got {values.size} values")
+        if self._begin_index is None:
+            indices = [self.index_for_timestep(float(v)) for v in values]
+        else:
+            indices = [self._step_index if self._step_index is not None else self._begin_index] * batch
+        sigma = Tensor(self._sigmas_host[indices].astype(np.float32)).astype(original_samples.dtype)
+        return original_samples + noise * broadcast_to_sample(sigma, original_samples)
