@@ -2,7 +2,7 @@
 
 For every case below: build diffusers' ``UNet2DModel`` from the config, overwrite every
 parameter with seeded random values (:func:`seeded_weights`: numpy only, so the tests can
-regenerate them without torch), save the model with diffusers' ``save_pretrained``
+regenerate them without torch: this module imports torch only inside functions), save the model with diffusers' ``save_pretrained``
 (``config.json`` + ``diffusion_pytorch_model.safetensors``) under
 ``tests/golden/unet/<case>/`` and store the inputs and diffusers' output in ``io.npz``.
 
@@ -26,9 +26,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from diffusers import UNet2DModel as TorchUNet2DModel
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "unet"
@@ -55,7 +52,7 @@ CASES = {
     # google/ddpm-cifar10-32's block structure at reduced width (4 levels, attention at 16→8).
     "ddpm_cifar10_small": dict(
         config=dict(CIFAR10_BLOCKS, sample_size=16, block_out_channels=[8, 16, 16, 16], norm_num_groups=4),
-        batch=2, size=(16, 16), timesteps=[10, 500], scalar_timestep=50,
+        batch=2, size=(16, 16), timesteps=[10, 500],
     ),
     # google/ddpm-cifar10-32 at full width: weights from the seed only (no safetensors stored).
     "ddpm_cifar10_full": dict(
@@ -83,7 +80,7 @@ CASES = {
             layers_per_block=1, resnet_time_scale_shift="scale_shift", norm_num_groups=4, attention_head_dim=4,
             center_input_sample=True, act_fn="mish", norm_eps=1e-5,
         ),
-        batch=2, size=(16, 16), timesteps=[3, 999],
+        batch=2, size=(16, 16), timesteps=[3, 999], scalar_timestep=50,
     ),
     # Class-conditional (num_class_embeds) with resnet down/upsampling in the attention blocks.
     "class_conditional": dict(
@@ -169,6 +166,8 @@ def make_inputs(case: dict, in_channels: int, time_embed_dim: int, seed: int = S
 
 
 def torch_forward(model, io, timestep=None):
+    import torch
+
     with torch.no_grad():
         labels = torch.from_numpy(io["class_labels"]) if "class_labels" in io else None
         t = torch.from_numpy(io["timesteps"]) if timestep is None else timestep
@@ -176,6 +175,9 @@ def torch_forward(model, io, timestep=None):
 
 
 def build_case(name: str, case: dict) -> None:
+    import torch
+    from diffusers import UNet2DModel as TorchUNet2DModel
+
     config = case["config"]
     model = TorchUNet2DModel(**config).eval()
     state = model.state_dict()
@@ -203,8 +205,14 @@ def build_case(name: str, case: dict) -> None:
     io = make_inputs(case, config.get("in_channels", 3), time_embed_dim)
     io["out"] = torch_forward(model, io)
     if "scalar_timestep" in case:
-        io["scalar_timestep"] = np.asarray(case["scalar_timestep"])
-        io["out_scalar"] = torch_forward(model, io, timestep=int(case["scalar_timestep"]))
+        import torch
+
+        t = case["scalar_timestep"]
+        io["scalar_timestep"] = np.asarray(t)
+        io["out_scalar"] = torch_forward(model, io, timestep=int(t))
+        # A fractional timestep as a float tensor (diffusers truncates a Python float).
+        io["float_timestep"] = np.asarray(t + 0.5, dtype=np.float32)
+        io["out_float"] = torch_forward(model, io, timestep=torch.full((case["batch"],), t + 0.5))
     io["seed"] = np.asarray(SEED)
     np.savez_compressed(out_dir / "io.npz", **io)
     size = sum(p.stat().st_size for p in out_dir.iterdir())
@@ -212,9 +220,36 @@ def build_case(name: str, case: dict) -> None:
           f"{size / 1024:.0f} KiB")
 
 
+ENCODER_BLOCK = dict(in_channels=8, out_channels=16, num_layers=2, resnet_groups=4, attention_head_dim=8,
+                     resnet_eps=1e-6, downsample_padding=0, add_downsample=True)
+
+
+def build_encoder_block() -> None:
+    """diffusers' UNet2DModel cannot run AttnDownEncoderBlock2D (it returns no skip states), so
+    that VAE-encoder block gets a block-level golden: its state dict, input and output."""
+    import torch
+    from diffusers.models.unets.unet_2d_blocks import AttnDownEncoderBlock2D
+    from safetensors.numpy import save_file
+
+    block = AttnDownEncoderBlock2D(**ENCODER_BLOCK).eval()
+    weights = seeded_weights({k: v.shape for k, v in block.state_dict().items()})
+    block.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
+    sample = np.random.default_rng(SEED + 2).standard_normal((2, 8, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        out = block(torch.from_numpy(sample)).numpy()
+    out_dir = GOLDEN / "attn_down_encoder_block"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out_dir / "block.safetensors"))
+    np.savez_compressed(out_dir / "io.npz", sample=sample, out=out)
+    (out_dir / "block.json").write_text(json.dumps(ENCODER_BLOCK, indent=2, sort_keys=True) + "\n")
+    print(f"attn_down_encoder_block: out |max| {np.abs(out).max():.3g}")
+
+
 def roundtrip_through_ours(name: str, case: dict) -> float:
     """Load the golden with our from_pretrained, save it with our save_pretrained, load that with
     diffusers and return max|diff| / max|ref| of diffusers' output against the stored golden."""
+    from diffusers import UNet2DModel as TorchUNet2DModel
+
     sys.path.insert(0, str(ROOT))
     from mindscience_diffuser.models import UNet2DModel
     from mindscience_diffuser.models.weights import load_state_dict
@@ -238,10 +273,16 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="case names to (re)generate")
     parser.add_argument("--no-roundtrip", action="store_true", help="skip loading our save_pretrained output in diffusers")
     args = parser.parse_args()
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
     torch.set_num_threads(2)
     names = args.only or list(CASES)
     for name in names:
         build_case(name, CASES[name])
+    if not args.only:
+        build_encoder_block()
     total = sum(p.stat().st_size for p in GOLDEN.rglob("*") if p.is_file())
     print(f"tests/golden/unet: {total / 1024 / 1024:.2f} MiB")
     if not args.no_roundtrip:

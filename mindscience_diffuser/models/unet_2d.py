@@ -217,6 +217,11 @@ class UNet2DModel(nn.Cell, ConfigMixin):
                 ok = len(sample_size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sample_size)
             if not ok:
                 raise ValueError(f"sample_size must be None, a positive int or (height, width), got {sample_size!r}")
+        if "AttnDownEncoderBlock2D" in down_block_types:
+            raise ValueError(
+                "down_block_types: AttnDownEncoderBlock2D is a VAE-encoder block that returns no skip states, so "
+                f"UNet2DModel cannot use it (diffusers' UNet2DModel fails on it too); use one of {list(DOWN_BLOCKS)}"
+            )
         for t in down_block_types:
             check_choice("down_block_types entries", t, list(DOWN_BLOCKS))
         for t in up_block_types:
@@ -268,6 +273,7 @@ class UNet2DModel(nn.Cell, ConfigMixin):
         ``return_dict=None``: the Tensor; ``False``: the 1-tuple ``(sample,)``; ``True``:
         :class:`UNet2DOutput` (outside a compiled graph; see ``__call__``).
         """
+        sample = sample.astype(self.compute_dtype)
         if self.center_input_sample:
             sample = 2 * sample - 1.0
         timesteps = self._timesteps(timestep, sample.shape[0])
