@@ -223,19 +223,26 @@ class VPSchedulerBase(SchedulerBase):
     Owns ``betas``/``alphas_cumprod`` (host, float64) and the device table of ᾱ, and the
     timestep-indexed helpers that every such scheduler shares. A subclass defines
     ``_step_coefficients(abar, abar_prev) -> {name: array over t}``: the per-timestep scalars
-    of its update, computed on the host in float64 when the schedule is set, so that a step
-    looks them all up with a single gather.
+    of its update, computed on the host when the schedule is set (float32 arithmetic in the
+    reference's operation order, see ``_init_betas``), so that a step looks them all up with a
+    single gather.
     """
 
     def _init_betas(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr=False):
-        betas = schedules.make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
+        """β and ᾱ as diffusers builds them: float32 tables, cumulative product as torch takes it.
+
+        The reference computes every coefficient from these float32 values; near t = 0,
+        1 - ᾱ_t/ᾱ_{t-1} loses ~3e-5 relative to cancellation there, which a per-step
+        tolerance of 1e-5 sees, so this project keeps the same rounding rather than float64.
+        """
+        betas = schedules.float32_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
         if trained_betas is not None and betas.size != num_train_timesteps:
             raise ValueError(f"trained_betas has {betas.size} entries but num_train_timesteps is {num_train_timesteps}")
         if rescale_betas_zero_snr:
-            betas = schedules.rescale_zero_terminal_snr(betas)
+            betas = schedules.rescale_zero_terminal_snr_float32(betas)
         self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = schedules.alphas_cumprod_from_betas(betas)
+        self.alphas = np.float32(1.0) - betas
+        self.alphas_cumprod = schedules.float32_cumprod(self.alphas)
         self._set_table("alphas_cumprod_table", self.alphas_cumprod)
         self.timesteps = np.arange(num_train_timesteps)[::-1].copy().astype(np.int64)
         self.custom_timesteps = False
@@ -258,7 +265,7 @@ class VPSchedulerBase(SchedulerBase):
         self.num_inference_steps = len(timesteps)
         self._previous_table_host = previous.astype(np.int64)
         abar = self.alphas_cumprod
-        abar_prev = np.where(previous >= 0, abar[np.maximum(previous, 0)], self._final_alpha_cumprod())
+        abar_prev = np.where(previous >= 0, abar[np.maximum(previous, 0)], np.float32(self._final_alpha_cumprod())).astype(np.float32)
         if self.config.prediction_type == "epsilon" and np.any(abar[timesteps] == 0):
             raise ValueError(
                 "epsilon prediction cannot recover x0 where alpha_cumprod is 0 (rescale_betas_zero_snr with a "
@@ -275,7 +282,7 @@ class VPSchedulerBase(SchedulerBase):
         """Store named per-timestep columns as one (T, K) device table: a step costs one gather."""
         self._coef_columns = {name: k for k, name in enumerate(columns)}
         with np.errstate(divide="ignore", invalid="ignore"):
-            table = np.stack([np.asarray(v, np.float64) for v in columns.values()], axis=1)
+            table = np.stack([np.asarray(v, np.float32) for v in columns.values()], axis=1)
         self._set_table("step_coefficients", table)
 
     def _coefficients(self, timestep: Tensor) -> Tensor:
@@ -305,6 +312,34 @@ class VPSchedulerBase(SchedulerBase):
         """The timestep a step from ``timestep`` lands on (-1 after the last step)."""
         self._check_ready()
         return int(self._previous_table_host[int(timestep)])
+
+    @staticmethod
+    def _check_prediction_type(prediction_type: str, allowed: Sequence[str] = PREDICTION_TYPES) -> None:
+        check_choice("prediction_type", prediction_type, allowed)
+
+    def _signal_noise(self, timestep: Tensor, sample: Tensor) -> Tuple[Tensor, Tensor]:
+        """(sqrt(ᾱ_t), sqrt(1-ᾱ_t)) in float32, broadcast against ``sample``."""
+        abar = gather(self.alphas_cumprod_table, timestep, sample)
+        return ops.sqrt(abar), ops.sqrt(1.0 - abar)
+
+    def _host_signal_noise(self, timesteps, like: Tensor) -> Tuple[Tensor, Tensor]:
+        # Range-check host values only: a Tensor may be a traced value inside a compiled train step.
+        if not isinstance(timesteps, Tensor):
+            host = np.asarray(timesteps)
+            if host.size and (host.min() < 0 or host.max() >= len(self.alphas_cumprod)):
+                raise ValueError(f"timesteps must lie in [0, {len(self.alphas_cumprod) - 1}], got {host.tolist()}")
+        alpha, sigma = self._signal_noise(self._timestep_tensor(timesteps, like.shape[0]), like)
+        return alpha.astype(like.dtype), sigma.astype(like.dtype)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
+        """Forward process q(x_t | x_0): sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε, per-sample timesteps allowed."""
+        alpha, sigma = self._host_signal_noise(timesteps, original_samples)
+        return alpha * original_samples + sigma * noise
+
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
+        """The v-prediction target v = sqrt(ᾱ_t)·ε - sqrt(1-ᾱ_t)·x0 (Salimans & Ho 2022, eq. 9)."""
+        alpha, sigma = self._host_signal_noise(timesteps, sample)
+        return alpha * noise - sigma * sample
 
 
 def _is_float_array(value) -> bool:
@@ -394,3 +429,9 @@ class SigmaStepIndexMixin:
             indices = [self._step_index if self._step_index is not None else self._begin_index] * batch
         sigma = Tensor(self._sigmas_host[indices].astype(np.float32)).astype(original_samples.dtype)
         return original_samples + noise * broadcast_to_sample(sigma, original_samples)
+
+
+def as_float32(x: Tensor) -> Tensor:
+    """``x`` in float32, without a cast op when it already is (the dtype check is static, so
+    this also compiles; in PyNative every skipped cast saves an op launch)."""
+    return x if x.dtype == ms.float32 else x.astype(ms.float32)

@@ -11,7 +11,7 @@ from ..configuration import register_to_config
 from ..outputs import CMStochasticIterativeSchedulerOutput
 from ..utils import GeneratorLike
 from . import schedules
-from .base import SchedulerBase, SigmaStepIndexMixin, gather
+from .base import SchedulerBase, SigmaStepIndexMixin, as_float32, gather
 
 
 def _check_positive(name: str, value) -> float:
@@ -149,7 +149,8 @@ class CMStochasticIterativeScheduler(SigmaStepIndexMixin, SchedulerBase):
     def scale_at(self, sample: Tensor, step_index: Tensor) -> Tensor:
         """Pure form of :meth:`scale_model_input`: x / sqrt(σ_i² + σ_d²) (EDM's c_in)."""
         sigma = gather(self.sigma_table, step_index, sample)
-        return (sample.astype(ms.float32) / ops.sqrt(sigma * sigma + self.sigma_data**2)).astype(sample.dtype)
+        scaled = as_float32(sample) / ops.sqrt(sigma * sigma + self.sigma_data**2)
+        return scaled if sample.dtype == ms.float32 else scaled.astype(sample.dtype)
 
     def construct(self, model_output: Tensor, sample: Tensor, step_index: Tensor, noise: Tensor) -> Tensor:
         """One consistency step from σ_i (``step_index``) to σ_{i+1}; pure MindSpore.
@@ -158,11 +159,11 @@ class CMStochasticIterativeScheduler(SigmaStepIndexMixin, SchedulerBase):
         """
         sigma, sigma_next = self._sigma_pair(step_index, sample)
         c_skip, c_out = boundary_scalings(sigma, self.sigma_min, self.sigma_data)
-        denoised = c_out * model_output.astype(ms.float32) + c_skip * sample.astype(ms.float32)
+        denoised = c_out * as_float32(model_output) + c_skip * as_float32(sample)
         if self.clip_denoised:
             denoised = ops.clamp(denoised, -1.0, 1.0)
         sigma_hat = ops.clamp(sigma_next, self.sigma_min, self.sigma_max)
-        z = noise.astype(ms.float32) * self.s_noise
+        z = as_float32(noise) * self.s_noise
         # sqrt(σ̂² - σ_min²) factored, so the last step (σ̂ = σ_min) re-noises by exactly zero in
         # every execution mode (a fused σ̂·σ̂ - σ_min² can leave a float32 residue there).
         prev = denoised + z * ops.sqrt((sigma_hat - self.sigma_min) * (sigma_hat + self.sigma_min))
