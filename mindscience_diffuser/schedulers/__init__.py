@@ -5,5 +5,6 @@ Each scheduler module adds its class to ``__all__`` through the import below.
 from .base import SchedulerBase, VPSchedulerBase
 from .ddim import DDIMScheduler
 from .consistency_models import CMStochasticIterativeScheduler
+from .euler_discrete import EulerDiscreteScheduler
 
 __all__ = [name for name in dir() if name.endswith("Scheduler") or name.endswith("SchedulerBase")]
