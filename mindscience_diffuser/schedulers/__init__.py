@@ -6,5 +6,7 @@ from .base import SchedulerBase, VPSchedulerBase
 from .ddim import DDIMScheduler
 from .consistency_models import CMStochasticIterativeScheduler
 from .euler_discrete import EulerDiscreteScheduler
+from .dpmsolver_multistep import DPMSolverMultistepScheduler
+from .dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
 
 __all__ = [name for name in dir() if name.endswith("Scheduler") or name.endswith("SchedulerBase")]
