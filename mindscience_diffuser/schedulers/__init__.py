@@ -8,5 +8,6 @@ from .consistency_models import CMStochasticIterativeScheduler
 from .euler_discrete import EulerDiscreteScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
+from .score_sde_ve import ScoreSdeVeScheduler
 
 __all__ = [name for name in dir() if name.endswith("Scheduler") or name.endswith("SchedulerBase")]
