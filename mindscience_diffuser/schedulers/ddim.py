@@ -66,7 +66,7 @@ class DDIMScheduler(VPSchedulerBase):
         check_choice("timestep_spacing", timestep_spacing, schedules.TIMESTEP_SPACINGS)
         self._init_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr)
         self.prediction_type = prediction_type
-        self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
+        self.final_alpha_cumprod = 1.0 if set_alpha_to_one else self.alphas_cumprod[0]
         self._x0_options = (thresholding, clip_sample, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None) -> None:
@@ -89,12 +89,13 @@ class DDIMScheduler(VPSchedulerBase):
         return self.final_alpha_cumprod
 
     def _step_coefficients(self, abar, abar_prev):
+        one = np.float32(1.0)
         return {
             "alpha": np.sqrt(abar),
-            "sigma": np.sqrt(1.0 - abar),
+            "sigma": np.sqrt(one - abar),
             "alpha_prev": np.sqrt(abar_prev),
-            "sigma_prev_sq": 1.0 - abar_prev,
-            "variance": (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev),
+            "sigma_prev_sq": one - abar_prev,
+            "variance": (one - abar_prev) / (one - abar) * (one - abar / abar_prev),
         }
 
     def construct(self, model_output: Tensor, sample: Tensor, timestep: Tensor, noise: Tensor, eta=0.0, use_clipped_model_output: bool = False):

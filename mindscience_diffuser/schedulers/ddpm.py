@@ -106,20 +106,21 @@ class DDPMScheduler(VPSchedulerBase):
         return self.variance_type in LEARNED_VARIANCES
 
     def _step_coefficients(self, abar, abar_prev):
+        one = np.float32(1.0)
         step_alpha = abar / abar_prev
-        step_beta = 1.0 - step_alpha
-        posterior_var = np.maximum((1.0 - abar_prev) / (1.0 - abar) * step_beta, 1e-20)
+        step_beta = one - step_alpha
+        posterior_var = np.maximum((one - abar_prev) / (one - abar) * step_beta, np.float32(1e-20))
         fixed_var = step_beta if self.variance_type.startswith("fixed_large") else posterior_var
         return {
             "alpha": np.sqrt(abar),
-            "sigma": np.sqrt(1.0 - abar),
-            "x0_coef": np.sqrt(abar_prev) * step_beta / (1.0 - abar),
-            "xt_coef": np.sqrt(step_alpha) * (1.0 - abar_prev) / (1.0 - abar),
+            "sigma": np.sqrt(one - abar),
+            "x0_coef": np.sqrt(abar_prev) * step_beta / (one - abar),
+            "xt_coef": np.sqrt(step_alpha) * (one - abar_prev) / (one - abar),
             "std": np.sqrt(fixed_var),
             "log_small": np.log(posterior_var),
             "log_large": np.log(step_beta),
             # No noise on the final step to x0 (t = 0).
-            "noisy": (np.arange(len(abar)) > 0).astype(np.float64),
+            "noisy": (np.arange(len(abar)) > 0).astype(np.float32),
         }
 
     def construct(self, model_output: Tensor, sample: Tensor, timestep: Tensor, noise: Tensor):
