@@ -261,6 +261,11 @@ class VPSchedulerBase(SchedulerBase):
         """Adopt descending inference ``timesteps`` and the table ``previous[t]`` (length T) of
         the timestep a step from t lands on (-1: the step ends at x0), then let the subclass
         tabulate its per-timestep coefficients."""
+        if timesteps.max() >= self.config.num_train_timesteps:
+            raise ValueError(
+                f"steps_offset={self.config.steps_offset} with {len(timesteps)} {self.config.timestep_spacing} steps puts timestep "
+                f"{int(timesteps.max())} past num_train_timesteps - 1 = {self.config.num_train_timesteps - 1}; use fewer steps or steps_offset=0"
+            )
         self.timesteps = timesteps.astype(np.int64)
         self.num_inference_steps = len(timesteps)
         self._previous_table_host = previous.astype(np.int64)
