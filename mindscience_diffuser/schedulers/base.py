@@ -257,15 +257,18 @@ class VPSchedulerBase(SchedulerBase):
             raise ValueError(f"custom timesteps must lie in [0, {self.config.num_train_timesteps - 1}], got {ts.tolist()}")
         return ts.astype(np.int64)
 
-    def _install_schedule(self, timesteps: np.ndarray, previous: np.ndarray) -> None:
+    def _install_schedule(self, timesteps: np.ndarray, previous: Optional[np.ndarray] = None) -> None:
         """Adopt descending inference ``timesteps`` and the table ``previous[t]`` (length T) of
-        the timestep a step from t lands on (-1: the step ends at x0), then let the subclass
-        tabulate its per-timestep coefficients."""
+        the timestep a step from t lands on (-1: the step ends at x0; by default each listed
+        timestep steps to the next one in the list), then let the subclass tabulate its
+        per-timestep coefficients."""
         if timesteps.max() >= self.config.num_train_timesteps:
             raise ValueError(
                 f"steps_offset={self.config.steps_offset} with {len(timesteps)} {self.config.timestep_spacing} steps puts timestep "
                 f"{int(timesteps.max())} past num_train_timesteps - 1 = {self.config.num_train_timesteps - 1}; use fewer steps or steps_offset=0"
             )
+        if previous is None:
+            previous = self._previous_in_list(timesteps)
         self.timesteps = timesteps.astype(np.int64)
         self.num_inference_steps = len(timesteps)
         self._previous_table_host = previous.astype(np.int64)

@@ -78,7 +78,7 @@ class DDIMScheduler(VPSchedulerBase):
         if timesteps is not None:
             ts = self._check_custom_timesteps(timesteps)
             self.custom_timesteps = True
-            self._install_schedule(ts, self._previous_in_list(ts))
+            self._install_schedule(ts)
             return
         n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
         ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset).astype(np.int64)

@@ -99,7 +99,7 @@ class DDPMScheduler(VPSchedulerBase):
             n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
             ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset).astype(np.int64)
             self.custom_timesteps = False
-        self._install_schedule(ts, self._previous_in_list(ts))
+        self._install_schedule(ts)
 
     @property
     def _learned(self) -> bool:
