@@ -264,7 +264,7 @@ class VPSchedulerBase(SchedulerBase):
         per-timestep coefficients."""
         if timesteps.max() >= self.config.num_train_timesteps:
             raise ValueError(
-                f"steps_offset={self.config.steps_offset} with {len(timesteps)} {self.config.timestep_spacing} steps puts timestep "
+                f"steps_offset={self.config.get('steps_offset', 0)} with {len(timesteps)} {self.config.get('timestep_spacing', '')} steps puts timestep "
                 f"{int(timesteps.max())} past num_train_timesteps - 1 = {self.config.num_train_timesteps - 1}; use fewer steps or steps_offset=0"
             )
         if previous is None:
@@ -274,7 +274,7 @@ class VPSchedulerBase(SchedulerBase):
         self._previous_table_host = previous.astype(np.int64)
         abar = self.alphas_cumprod
         abar_prev = np.where(previous >= 0, abar[np.maximum(previous, 0)], np.float32(self._final_alpha_cumprod())).astype(np.float32)
-        if self.config.prediction_type == "epsilon" and np.any(abar[timesteps] == 0):
+        if self.prediction_type == "epsilon" and np.any(abar[timesteps] == 0):
             raise ValueError(
                 "epsilon prediction cannot recover x0 where alpha_cumprod is 0 (rescale_betas_zero_snr with a "
                 "schedule that reaches the last training timestep); use prediction_type='v_prediction' or 'sample', "
