@@ -198,7 +198,7 @@ def test_bad_inputs_raise_clear_errors():
         sched.set_timesteps(0)
     with pytest.raises(ValueError, match="sigma_max"):
         sched.set_sigmas(5, sigma_min=2.0, sigma_max=1.0)
-    with pytest.raises(NotImplementedError, match="step_pred"):
+    with pytest.raises(TypeError, match="step_pred"):
         sched.step(x, x, 0.5)
     with pytest.raises(ValueError, match="shape"):
         sched.step_correct(x, x, variance_noise=Tensor(np.zeros((3, 3), np.float32)))

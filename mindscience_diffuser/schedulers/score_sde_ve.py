@@ -206,7 +206,7 @@ class ScoreSdeVeScheduler(SchedulerBase):
         return self._pack(return_dict, SchedulerOutput, prev)
 
     def step(self, *args, **kwargs):
-        raise NotImplementedError("ScoreSdeVeScheduler has two steps: step_correct (Langevin corrector) and step_pred (predictor)")
+        raise TypeError("ScoreSdeVeScheduler has no single step: call step_correct (the Langevin corrector) correct_steps times, then step_pred (the predictor)")
 
     def add_noise(self, original_samples: Tensor, noise: Optional[Tensor], timesteps) -> Tensor:
         """x = x0 + σ_i·ε at discrete level indices ``timesteps`` (ε drawn on the host when ``noise`` is None)."""
