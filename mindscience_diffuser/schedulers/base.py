@@ -235,14 +235,10 @@ class VPSchedulerBase(SchedulerBase):
         1 - ᾱ_t/ᾱ_{t-1} loses ~3e-5 relative to cancellation there, which a per-step
         tolerance of 1e-5 sees, so this project keeps the same rounding rather than float64.
         """
-        betas = schedules.float32_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
-        if trained_betas is not None and betas.size != num_train_timesteps:
-            raise ValueError(f"trained_betas has {betas.size} entries but num_train_timesteps is {num_train_timesteps}")
-        if rescale_betas_zero_snr:
-            betas = schedules.rescale_zero_terminal_snr_float32(betas)
-        self.betas = betas
-        self.alphas = np.float32(1.0) - betas
-        self.alphas_cumprod = schedules.float32_cumprod(self.alphas)
+        self.betas, self.alphas_cumprod = schedules.vp_alphas_cumprod(
+            beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr
+        )
+        self.alphas = np.float32(1.0) - self.betas
         self._set_table("alphas_cumprod_table", self.alphas_cumprod)
         self.timesteps = np.arange(num_train_timesteps)[::-1].copy().astype(np.int64)
         self.custom_timesteps = False

@@ -109,14 +109,10 @@ class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
                 raise ValueError(f"{name} must be None or a positive number, got {value!r}")
         if sigma_min is not None and sigma_max is not None and sigma_min >= sigma_max:
             raise ValueError(f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max})")
-        betas = schedules.float32_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, EULER_BETA_SCHEDULES)
-        if trained_betas is not None and betas.size != num_train_timesteps:
-            raise ValueError(f"trained_betas has {betas.size} entries but num_train_timesteps is {num_train_timesteps}")
-        if rescale_betas_zero_snr:
-            betas = schedules.rescale_zero_terminal_snr_float32(betas)
-        self.betas = betas
-        self.alphas = np.float32(1.0) - betas
-        self.alphas_cumprod = schedules.float32_cumprod(self.alphas)
+        self.betas, self.alphas_cumprod = schedules.vp_alphas_cumprod(
+            beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr, EULER_BETA_SCHEDULES
+        )
+        self.alphas = np.float32(1.0) - self.betas
         if rescale_betas_zero_snr:
             # ᾱ_T = 0 would make σ_T infinite; diffusers pins it at 2^-24 (σ_T ≈ 4096).
             self.alphas_cumprod[-1] = 2.0**-24

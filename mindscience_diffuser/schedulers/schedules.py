@@ -258,3 +258,23 @@ def karras_ramp_sigmas(ramp: np.ndarray, sigma_min: float, sigma_max: float, rho
     (the consistency-model sampler places u at its own training steps)."""
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + np.asarray(ramp, np.float64) * (lo - hi)) ** rho
+
+
+def vp_alphas_cumprod(
+    beta_schedule: str,
+    num_train_timesteps: int,
+    beta_start: float,
+    beta_end: float,
+    trained_betas=None,
+    rescale_betas_zero_snr: bool = False,
+    allowed=BETA_SCHEDULES,
+):
+    """(β, ᾱ) of a discrete VP schedule exactly as diffusers' torch schedulers build them:
+    float32 β (:func:`float32_betas`), the optional zero-terminal-SNR rescale in float32, and
+    ᾱ = cumprod(1 - β) as torch accumulates it."""
+    betas = float32_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, allowed)
+    if trained_betas is not None and betas.size != num_train_timesteps:
+        raise ValueError(f"trained_betas has {betas.size} entries but num_train_timesteps is {num_train_timesteps}")
+    if rescale_betas_zero_snr:
+        betas = rescale_zero_terminal_snr_float32(betas)
+    return betas, float32_cumprod(np.float32(1.0) - betas)
