@@ -431,7 +431,9 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         else:
             x0 = (x - sigma_s0 * m0) / alpha_s0
         new_history = ops.stack(past[1:] + (m0,), 0)
-        new_state = (index + 1, ops.minimum(lower_order_nums + 1, self.solver_order), new_history)
+        # Counts up to solver_order; written as Tensor arithmetic so a while loop keeps it a Tensor.
+        new_count = lower_order_nums + (lower_order_nums < self.solver_order).astype(ms.int32)
+        new_state = (index + 1, new_count, new_history)
         return self._cast(prev), self._cast(x0), new_state
 
     # -- host API --------------------------------------------------------------------------------
@@ -502,14 +504,14 @@ class DPMSolverMultistepBase(VPSchedulerBase):
     def _current_knots(self, order: int = 1):
         """Table rows at the current step index, for diffusers' building-block methods."""
         self._check_ready()
-        if self._state is None:
+        if self._state is None and self._begin_index is None:
             raise ValueError("step_index is not set: call step once, or set_begin_index, before the solver building blocks")
-        index = int(self._state[0].asnumpy())
+        index = int(self._state[0].asnumpy()) if self._state is not None else self._begin_index
         if index >= self.num_inference_steps:
             raise ValueError(f"all {self.num_inference_steps} steps are done; call set_timesteps again")
         if order > 1 and (index < order - 1 or int(self.order_table.asnumpy()[index]) < order):
-            raise ValueError(f"step {index} cannot take a order-{order} update (schedule allows {int(self.order_table.asnumpy()[index])}, history starts at step 0)")
-        return self._knots(self._state[0])
+            raise ValueError(f"step {index} cannot take an order-{order} update (schedule allows {int(self.order_table.asnumpy()[index])}, history starts at step 0)")
+        return self._knots(Tensor(index, ms.int32))
 
     def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
         """The solver's parametrisation of ``model_output`` at the current step index: x̂0 for
