@@ -8,9 +8,10 @@ compile time is the first call minus a steady call) and in PyNative; torch runs 
 
 FLOPs are counted analytically from the torch model with forward hooks: 2·MACs of every
 Conv2d and Linear plus the two attention matmuls (2·2·B·heads·n²·d). GFLOP/s = FLOPs / median
-time. Peak memory: each framework runs alone in a fresh subprocess and reports
-``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak resident set, includes the framework
-itself) after one forward, and the growth of that peak over the forward pass.
+time. Peak memory: each framework runs alone in a fresh subprocess and reports its peak
+resident set (``VmHWM`` from /proc/self/status; it includes the framework and the weights) after
+one forward (GRAPH_MODE for ours, so compilation is included), and the growth of that peak over
+that forward pass.
 
 Usage (from the repository root):
     python benchmarks/bench_unet.py                       # both layouts, batch 1 and 8
@@ -178,6 +179,17 @@ def bench_pair(layout: str, batch: int, reps: int, warmup: int = 2) -> dict:
 
 
 def _maxrss_mib() -> float:
+    """Peak resident set of this process in MiB: /proc/self/status VmHWM (Linux).
+
+    ``getrusage().ru_maxrss`` is not usable here: a child started by fork+exec inherits the
+    parent's high-water mark, so every child would report at least the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -61,10 +61,12 @@ class SpatialSelfAttention(nn.Cell):
         w_qkv = ops.cat((self.to_q.weight, self.to_k.weight, self.to_v.weight), axis=0)
         b_qkv = ops.cat((self.to_q.bias, self.to_k.bias, self.to_v.bias), axis=0)
         qkv = ops.matmul(w_qkv, hidden) + b_qkv.reshape(-1, 1)
-        qkv = qkv.reshape(b, 3, self.heads, self.dim_head, n)
-        q = qkv[:, 0] * self.scale
-        k = qkv[:, 1]
-        v = qkv[:, 2]
+        # Split rather than index: indexing lowers to StridedSlice, a slow copy kernel on CPU
+        # (it was 16% of a small UNet's forward time).
+        q, k, v = ops.split(qkv, self.inner_dim, axis=1)
+        q = q.reshape(b, self.heads, self.dim_head, n) * self.scale
+        k = k.reshape(b, self.heads, self.dim_head, n)
+        v = v.reshape(b, self.heads, self.dim_head, n)
 
         scores = self.scores_matmul(q, k)  # (b, heads, n_query, n_key)
         probs = ops.softmax(scores.astype(ms.float32), axis=-1).astype(x.dtype)
