@@ -8,5 +8,13 @@ from .outputs import (
     UNet2DOutput,
 )
 from .schedulers import *  # noqa: F401,F403  (every scheduler class)
+from .pipelines import (  # noqa: F401
+    ConsistencyModelPipeline,
+    DDIMPipeline,
+    DDPMPipeline,
+    DiffusionPipeline,
+    DPMSolverPipeline,
+    ScoreSdeVePipeline,
+)
 
 __version__ = "0.1.0"

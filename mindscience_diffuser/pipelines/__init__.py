@@ -1,0 +1,21 @@
+"""Pipelines: the compiled sampling loop and the image pipelines built on it."""
+from .pipeline_utils import DiffusionPipeline
+from .pipeline_consistency_models import ConsistencyModelPipeline
+from .pipeline_ddim import DDIMPipeline
+from .pipeline_ddpm import DDPMPipeline
+from .pipeline_dpm_solver import DPMSolverPipeline
+from .pipeline_score_sde_ve import ScoreSdeVePipeline
+from .sampling_loop import SamplingLoop, loop_class_for
+
+PIPELINES = (DDIMPipeline, DDPMPipeline, DPMSolverPipeline, ScoreSdeVePipeline, ConsistencyModelPipeline)
+
+__all__ = [
+    "DiffusionPipeline",
+    "DDIMPipeline",
+    "DDPMPipeline",
+    "DPMSolverPipeline",
+    "ScoreSdeVePipeline",
+    "ConsistencyModelPipeline",
+    "SamplingLoop",
+    "loop_class_for",
+]

@@ -1,0 +1,80 @@
+"""``DDIMPipeline``: unconditional image generation with DDIM (Song et al. 2021)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..schedulers.ddim import DDIMScheduler
+from ..schedulers.ddpm import DDPMScheduler
+from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
+from ..schedulers.euler_discrete import EulerDiscreteScheduler
+from ..utils import GeneratorLike
+from .pipeline_utils import DiffusionPipeline
+
+#: the discrete-β schedulers an unconditional image pipeline drives (one converts into another with from_config)
+VP_SCHEDULERS = (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler)
+
+
+def convert_scheduler(scheduler, target: type):
+    """``scheduler`` as a ``target`` with the same config (keys ``target`` does not take are
+    dropped) and compute dtype; ``scheduler`` itself when it already is one."""
+    if isinstance(scheduler, target):
+        return scheduler
+    if not isinstance(scheduler, VP_SCHEDULERS):
+        names = [c.__name__ for c in VP_SCHEDULERS]
+        raise TypeError(f"cannot convert a {type(scheduler).__name__} to {target.__name__}; pass one of {names}")
+    accepted = target._init_parameters()
+    config = {k: v for k, v in scheduler.config.items() if k in accepted}
+    return target.from_config(config, compute_dtype=scheduler.compute_dtype)
+
+
+class DDIMPipeline(DiffusionPipeline):
+    """Sample images with DDIM: ``DDIMPipeline(unet, scheduler)(batch_size, generator, ...)``.
+
+    As in diffusers, the scheduler given to the constructor is converted to a
+    :class:`DDIMScheduler` with the same config. A scheduler swapped in afterwards
+    (``pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``) is
+    used as is; DDPM, DPM-Solver and Euler are supported, and ``eta`` /
+    ``use_clipped_model_output`` then have no effect.
+
+    Example:
+        >>> pipe = DDIMPipeline(unet, DDIMScheduler())          # doctest: +SKIP
+        >>> images = pipe(batch_size=2, num_inference_steps=20, generator=0, output_type="np").images
+    """
+
+    supported_schedulers = VP_SCHEDULERS
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=convert_scheduler(scheduler, DDIMScheduler))
+
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: GeneratorLike = None,
+        eta: float = 0.0,
+        num_inference_steps: int = 50,
+        use_clipped_model_output: Optional[bool] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        latents=None,
+    ):
+        """Generate ``batch_size`` images in ``num_inference_steps`` DDIM steps.
+
+        Args:
+            batch_size: number of images.
+            generator: a ``numpy.random.Generator`` or an int seed; draws the starting noise
+                (unless ``latents`` is given) and, for ``eta > 0``, the noise of every step.
+            eta: η of DDIM (0: deterministic DDIM, 1: DDPM-like), in [0, 1].
+            num_inference_steps: number of denoising steps.
+            use_clipped_model_output: recompute ε from the clipped x̂0 (see ``DDIMScheduler.step``).
+            output_type: ``"pil"`` (list of PIL images), ``"np"`` ((B, H, W, C) float32 in
+                [0, 1]) or ``"ms"`` ((B, C, H, W) Tensor in [0, 1]).
+            return_dict: return :class:`ImagePipelineOutput` (True) or the tuple ``(images,)``.
+            latents: the starting noise, (batch_size, in_channels, H, W) Tensor or numpy array.
+        """
+        is_ddim = isinstance(self.scheduler, DDIMScheduler)
+        return self._sample(
+            batch_size, generator, num_inference_steps, latents, output_type, return_dict,
+            loop_options={"use_clipped_model_output": bool(use_clipped_model_output)} if is_ddim else {},
+            schedule_options={"eta": eta} if is_ddim else {},
+        )

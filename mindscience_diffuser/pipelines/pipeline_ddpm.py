@@ -1,0 +1,34 @@
+"""``DDPMPipeline``: unconditional image generation with DDPM ancestral sampling (Ho et al. 2020)."""
+from __future__ import annotations
+
+from ..utils import GeneratorLike
+from .pipeline_ddim import VP_SCHEDULERS
+from .pipeline_utils import DiffusionPipeline
+
+
+class DDPMPipeline(DiffusionPipeline):
+    """Sample images with the scheduler it is given (as diffusers, no conversion): a
+    :class:`DDPMScheduler` normally; DDIM, DPM-Solver and Euler also work (Euler's input
+    scaling and initial σ are applied).
+
+    Noise order (one generator): the starting latents, then one slice per step.
+    """
+
+    supported_schedulers = VP_SCHEDULERS
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: GeneratorLike = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        latents=None,
+    ):
+        """Generate ``batch_size`` images in ``num_inference_steps`` steps; arguments as
+        :meth:`DDIMPipeline.__call__`."""
+        return self._sample(batch_size, generator, num_inference_steps, latents, output_type, return_dict)
