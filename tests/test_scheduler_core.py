@@ -245,3 +245,22 @@ def test_ddpm_rejects_timestep_outside_schedule_and_learned_needs_2c():
         sched.step(ms.ops.concat([X, X], axis=1), X, 123)
     with pytest.raises(ValueError, match="2C-channel"):
         sched.step(X, X, int(sched.timesteps[0]))
+
+
+# ----------------------------------------------------------------------------- the diffusers option surface
+
+DIFFUSERS_OPTIONS = json.loads((GOLDEN / "diffusers_options.json").read_text())
+# Where a MindScience seed signature sets a different default, the seed wins (DESIGN.md).
+SEED_DEFAULTS = {("DDIMScheduler", "beta_schedule"): "'squaredcos_cap_v2'"}
+
+
+@pytest.mark.parametrize("name", sorted(DIFFUSERS_OPTIONS))
+def test_every_diffusers_option_exists_with_its_default(name):
+    import inspect
+
+    params = inspect.signature(getattr(msd, name).__init__).parameters
+    missing = [k for k in DIFFUSERS_OPTIONS[name] if k not in params]
+    assert not missing, f"{name} lacks diffusers options {missing}"
+    assert "compute_dtype" in params
+    differ = {k: (v, repr(params[k].default)) for k, v in DIFFUSERS_OPTIONS[name].items() if SEED_DEFAULTS.get((name, k), v) != repr(params[k].default)}
+    assert not differ, f"{name} defaults differ from diffusers: {differ}"

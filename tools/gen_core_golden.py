@@ -6,7 +6,8 @@ and timestep tables over the spacing grid (needs the ``ref`` extra).
 - ``tests/golden/configs/diffusers/<Class>/scheduler_config.json``: written by diffusers;
 - ``tests/golden/configs/ours/<Class>/scheduler_config.json``: written by this project, then
   loaded by diffusers, whose view of it is stored as ``loaded_by_diffusers.json`` beside it;
-- ``tests/golden/core.npz``: diffusers' add_noise / get_velocity and timesteps.
+- ``tests/golden/core.npz``: diffusers' add_noise / get_velocity and timesteps;
+- ``tests/golden/diffusers_options.json``: every constructor option of the classes this project mirrors.
 """
 from __future__ import annotations
 
@@ -62,7 +63,30 @@ def core_arrays():
     return arrays
 
 
+SCHEDULERS = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverMultistepInverseScheduler",
+    "EulerDiscreteScheduler",
+    "CMStochasticIterativeScheduler",
+    "ScoreSdeVeScheduler",
+]
+
+
+def write_option_lists():
+    """Every constructor option of diffusers' schedulers and UNet2DModel, with its default."""
+    import inspect
+
+    options = {}
+    for name in SCHEDULERS + ["UNet2DModel"]:
+        params = inspect.signature(getattr(diffusers, name).__init__).parameters
+        options[name] = {k: (repr(p.default) if p.default is not inspect.Parameter.empty else None) for k, p in params.items() if k not in ("self", "kwargs")}
+    (ROOT / "diffusers_options.json").write_text(json.dumps(options, indent=1, sort_keys=True) + "\n")
+
+
 if __name__ == "__main__":
+    write_option_lists()
     write_configs()
     np.savez_compressed(ROOT / "core.npz", **core_arrays())
     print("wrote", ROOT / "configs", ROOT / "core.npz")
