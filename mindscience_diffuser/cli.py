@@ -217,8 +217,8 @@ def cmd_invert(opts: argparse.Namespace) -> int:
     save_npy(Path(opts.output), latents)
     message = f"wrote {opts.output}: latents {latents.shape}"
     if opts.reconstruct:
-        recon = pipe(latents=ms.Tensor(latents), num_inference_steps=opts.steps, output_type="tensor").images
-        recon = recon.asnumpy() if hasattr(recon, "asnumpy") else np.asarray(recon)
+        images = pipe(batch_size=len(latents), latents=ms.Tensor(latents), num_inference_steps=opts.steps, output_type="ms").images
+        recon = images.asnumpy() * 2.0 - 1.0  # the pipeline returns [0, 1]; fields live in [-1, 1]
         save_npy(Path(opts.reconstruct), recon)
         message += f"; reconstruction max abs error {float(np.abs(recon - samples).max()):.3e} -> {opts.reconstruct}"
     print(message)
