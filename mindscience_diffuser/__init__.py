@@ -8,6 +8,7 @@ from .outputs import (
     UNet2DOutput,
 )
 from .schedulers import *  # noqa: F401,F403  (every scheduler class)
+from .training import DiffusionTrainer, SyntheticFieldDataset, evaluate  # noqa: F401
 from .models import UNet2DModel
 from .pipelines import (  # noqa: F401
     ConsistencyModelPipeline,

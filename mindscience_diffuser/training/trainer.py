@@ -1,0 +1,509 @@
+"""``DiffusionTrainer``: denoising-score-matching training of a UNet against a VP scheduler.
+
+One optimizer step is a single compiled graph (``ms.value_and_grad`` under ``ms.jit``): noising
+x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε with the scheduler's own ``add_noise``, the model call, the
+weighted loss, the gradient (all-reduced across data-parallel ranks), optional global-norm clipping,
+Adam and the EMA update. Noise and timesteps are drawn on the host from a generator keyed by
+(seed, rank, step), and the batch order is a (seed, epoch, position) triple, so a checkpoint pins
+down the rest of the run exactly: resuming reproduces the uninterrupted run's weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from ..configuration import DIFFUSERS_FORMAT_VERSION, write_json_atomically
+from ..models.weights import WEIGHTS_NAME, load_model_weights, state_arrays
+from ..utils import check_choice
+from .datasets import BatchOrder, FieldDataset, as_dataset
+
+LOSSES = ("mse", "l1")
+WEIGHTINGS = (None, "p2", "min_snr")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+EMA_DIR = "unet_ema"
+
+
+def snr_weights(alphas_cumprod: np.ndarray, prediction_type: str, weighting: Optional[str],
+                min_snr_gamma: float = 5.0, p2_gamma: float = 1.0, p2_k: float = 1.0) -> np.ndarray:
+    r"""Per-timestep loss weight w(t) from SNR(t) = ᾱ_t / (1 - ᾱ_t).
+
+    - ``None``: w = 1.
+    - ``"min_snr"`` (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting",
+      eq. 8): the x0-space weight min(SNR, γ) expressed for the trained target: ε-loss
+      min(SNR, γ)/SNR, v-loss min(SNR, γ)/(SNR + 1), x0-loss min(SNR, γ).
+    - ``"p2"`` (Choi et al. 2022, "Perception Prioritized Training of Diffusion Models", eq. 8):
+      w = 1 / (k + SNR)^γ, which down-weights the nearly clean (high-SNR) steps.
+
+    At SNR = 0 (a zero-terminal-SNR schedule) the ε weight takes its limit 1.
+    """
+    abar = np.asarray(alphas_cumprod, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = abar / (1.0 - abar)
+    snr = np.where(np.isfinite(snr), snr, 1e12)
+    if weighting is None:
+        w = np.ones_like(snr)
+    elif weighting == "min_snr":
+        clipped = np.minimum(snr, min_snr_gamma)
+        if prediction_type == "epsilon":
+            w = np.where(snr > 0, clipped / np.maximum(snr, 1e-30), 1.0)
+        elif prediction_type == "v_prediction":
+            w = clipped / (snr + 1.0)
+        else:
+            w = clipped
+    else:
+        w = 1.0 / np.power(p2_k + snr, p2_gamma)
+    return w.astype(np.float32)
+
+
+class DiffusionLoss(nn.Cell):
+    """mean_b w(t_b) · mean(ℓ(model(x_t, t) - target)) with ℓ = square or |·|; the target
+    follows the scheduler's ``prediction_type`` (ε, x0, or v = sqrt(ᾱ)ε - sqrt(1-ᾱ)x0)."""
+
+    def __init__(self, model: nn.Cell, scheduler, loss: str, weights: np.ndarray):
+        super().__init__()
+        self.model = model
+        self.scheduler = scheduler
+        self.prediction_type = scheduler.config.prediction_type
+        self.use_l1 = loss == "l1"
+        self.weights = Parameter(Tensor(weights, ms.float32), name="loss_weights", requires_grad=False)
+
+    def construct(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        noisy = self.scheduler.add_noise(x0, noise, timesteps)
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "sample":
+            target = x0
+        else:
+            target = self.scheduler.get_velocity(x0, noise, timesteps)
+        error = self.model(noisy, timesteps).astype(ms.float32) - target.astype(ms.float32)
+        error = ops.abs(error) if self.use_l1 else error * error
+        per_sample = error.reshape(error.shape[0], -1).mean(axis=1)
+        return (ops.gather(self.weights, timesteps, 0) * per_sample).mean()
+
+
+class _TrainStep(nn.Cell):
+    """loss, grads → (all-reduce) → (clip) → Adam → EMA, as one graph."""
+
+    def __init__(self, loss_net: DiffusionLoss, optimizer: nn.Optimizer, ema: Optional[ms.ParameterTuple],
+                 max_grad_norm: Optional[float], reducer: Optional[nn.Cell]):
+        super().__init__()
+        self.optimizer = optimizer
+        self.params = optimizer.parameters
+        self.grad_fn = ms.value_and_grad(loss_net, None, self.params)
+        self.ema = ema
+        self.has_ema = ema is not None
+        self.clip = max_grad_norm is not None
+        self.max_grad_norm = float(max_grad_norm) if max_grad_norm is not None else 0.0
+        self.reducer = reducer
+        self.has_reducer = reducer is not None
+
+    def construct(self, x0, noise, timesteps, ema_decay):
+        loss, grads = self.grad_fn(x0, noise, timesteps)
+        if self.has_reducer:
+            grads = self.reducer(grads)
+        if self.clip:
+            grads = ops.clip_by_global_norm(grads, self.max_grad_norm)
+        loss = ops.depend(loss, self.optimizer(grads))
+        if self.has_ema:
+            for ema_param, param in zip(self.ema, self.params):
+                ops.assign(ema_param, ema_decay * ema_param + (1.0 - ema_decay) * param)
+        return loss
+
+
+def _check_positive(name: str, value, integer: bool = False, allow_zero: bool = False) -> None:
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {'int' if integer else 'number'}, got {value!r}")
+
+
+def latest_checkpoint(output_dir: Union[str, os.PathLike]) -> Optional[Path]:
+    """The complete ``checkpoint-<step>`` directory with the highest step in ``output_dir``, or None."""
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return None
+    found = []
+    for path in directory.iterdir():
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / STATE_NAME).is_file():
+            found.append((int(suffix), path))
+    return max(found)[1] if found else None
+
+
+def _rank_and_size() -> Tuple[int, int]:
+    from mindspore.communication import get_group_size, get_rank, init
+
+    try:
+        return get_rank(), get_group_size()
+    except RuntimeError:
+        init()
+        return get_rank(), get_group_size()
+
+
+class DiffusionTrainer:
+    """Train ``model`` (a UNet ``model(x_t, t)``) as the denoiser of a VP ``scheduler``.
+
+    Args:
+        model: e.g. :class:`~mindscience_diffuser.models.UNet2DModel`; its trainable parameters are optimized in place.
+        scheduler: a VP scheduler (DDPM, DDIM, DPM-Solver, ...) with ``add_noise``, ``get_velocity``,
+            ``alphas_cumprod`` and ``config.prediction_type`` (which picks the regression target).
+        learning_rate: Adam's peak learning rate, reached linearly over ``warmup_steps``.
+        batch_size: fields per optimizer step (per rank when data-parallel).
+        loss: ``"mse"`` or ``"l1"``.
+        weighting: ``None``, ``"min_snr"`` (γ = ``min_snr_gamma``) or ``"p2"`` (γ = ``p2_gamma``, k = ``p2_k``);
+            see :func:`snr_weights`.
+        ema_decay: EMA decay of the weights (``None``: no EMA); the effective decay at step n is
+            min(ema_decay, (1 + n) / (10 + n)), so early averages are not dominated by the init.
+        weight_decay: Adam L2 weight decay. max_grad_norm: global-norm gradient clipping (``None``: off).
+        seed: fixes the batch order and every noise/timestep draw.
+        output_dir: where ``checkpoint-<step>`` directories go (``None``: no checkpoints).
+        checkpoint_every: save every this many steps (and always at the end of :meth:`train`).
+        keep_checkpoints: how many recent checkpoints to keep (older ones are deleted).
+        data_parallel: all-reduce gradients across the ranks of a ``msrun`` launch (see docs/training.md).
+    """
+
+    def __init__(
+        self,
+        model: nn.Cell,
+        scheduler,
+        *,
+        learning_rate: float = 1e-4,
+        batch_size: int = 16,
+        loss: str = "mse",
+        weighting: Optional[str] = None,
+        min_snr_gamma: float = 5.0,
+        p2_gamma: float = 1.0,
+        p2_k: float = 1.0,
+        ema_decay: Optional[float] = 0.999,
+        weight_decay: float = 0.0,
+        max_grad_norm: Optional[float] = 1.0,
+        warmup_steps: int = 0,
+        seed: int = 0,
+        output_dir: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: Optional[int] = None,
+        keep_checkpoints: int = 2,
+        data_parallel: bool = False,
+    ):
+        if not isinstance(model, nn.Cell):
+            raise TypeError(f"model must be a mindspore nn.Cell (e.g. UNet2DModel), got {type(model).__name__}")
+        for attr in ("add_noise", "get_velocity", "alphas_cumprod"):
+            if not hasattr(scheduler, attr):
+                raise TypeError(
+                    f"scheduler must be a VP scheduler with add_noise, get_velocity and alphas_cumprod "
+                    f"(DDPMScheduler, DDIMScheduler, ...), got {type(scheduler).__name__} without {attr}"
+                )
+        prediction_type = scheduler.config.get("prediction_type")
+        check_choice("scheduler.config.prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("loss", loss, LOSSES)
+        check_choice("weighting", weighting, WEIGHTINGS)
+        _check_positive("learning_rate", learning_rate)
+        _check_positive("batch_size", batch_size, integer=True)
+        _check_positive("min_snr_gamma", min_snr_gamma)
+        _check_positive("p2_gamma", p2_gamma, allow_zero=True)
+        _check_positive("p2_k", p2_k)
+        _check_positive("weight_decay", weight_decay, allow_zero=True)
+        _check_positive("warmup_steps", warmup_steps, integer=True, allow_zero=True)
+        _check_positive("keep_checkpoints", keep_checkpoints, integer=True)
+        if max_grad_norm is not None:
+            _check_positive("max_grad_norm", max_grad_norm)
+        if checkpoint_every is not None:
+            _check_positive("checkpoint_every", checkpoint_every, integer=True)
+        if ema_decay is not None and not (isinstance(ema_decay, (int, float)) and 0.0 <= ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be None or a number in [0, 1), got {ema_decay!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if output_dir is not None and Path(output_dir).is_file():
+            raise OSError(f"output_dir must be a directory, but {output_dir} is a file")
+
+        self.model, self.scheduler = model, scheduler
+        self.hparams = dict(
+            learning_rate=float(learning_rate), batch_size=int(batch_size), loss=loss, weighting=weighting,
+            min_snr_gamma=float(min_snr_gamma), p2_gamma=float(p2_gamma), p2_k=float(p2_k),
+            ema_decay=None if ema_decay is None else float(ema_decay), weight_decay=float(weight_decay),
+            max_grad_norm=None if max_grad_norm is None else float(max_grad_norm), warmup_steps=int(warmup_steps),
+            seed=int(seed), prediction_type=prediction_type,
+        )
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.learning_rate, self.warmup_steps, self.ema_decay = float(learning_rate), int(warmup_steps), ema_decay
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, int(keep_checkpoints)
+        self.step = 0
+        self.history: List[Tuple[int, float]] = []
+        self._order: Optional[BatchOrder] = None
+        self._pending_order_state: Optional[dict] = None
+
+        self.data_parallel = bool(data_parallel)
+        self.rank, self.world_size = _rank_and_size() if self.data_parallel else (0, 1)
+        reducer = None
+        params = model.trainable_params()
+        if not params:
+            raise ValueError("model has no trainable parameters")
+        if self.data_parallel:
+            from mindspore.context import ParallelMode
+
+            ms.set_auto_parallel_context(parallel_mode=ParallelMode.DATA_PARALLEL, gradients_mean=True)
+            self._synchronize_parameters(params)
+            reducer = nn.DistributedGradReducer(params, mean=True, degree=self.world_size)
+
+        self.optimizer = nn.Adam(params, learning_rate=float(learning_rate), weight_decay=float(weight_decay))
+        # Keys by the model's own (diffusers) names: Parameter.name can gain a prefix once the
+        # model sits inside another Cell.
+        names = {id(p): name for name, p in model.parameters_and_names()}
+        self._ema_keys = [names[id(p)] for p in params]
+        self.ema_params = None
+        if ema_decay is not None:
+            self.ema_params = ms.ParameterTuple(
+                Parameter(Tensor(p.asnumpy()), name="ema." + key, requires_grad=False) for key, p in zip(self._ema_keys, params)
+            )
+        weights = snr_weights(scheduler.alphas_cumprod, prediction_type, weighting, min_snr_gamma, p2_gamma, p2_k)
+        self.loss_net = DiffusionLoss(model, scheduler, loss, weights)
+        step_cell = _TrainStep(self.loss_net, self.optimizer, self.ema_params, max_grad_norm, reducer)
+
+        def compiled_step(x0, noise, timesteps, ema_decay):
+            return step_cell(x0, noise, timesteps, ema_decay)
+
+        self._step_cell = step_cell
+        self._compiled_step = ms.jit(compiled_step)
+
+    # ---- one step -----------------------------------------------------------------------
+
+    def _synchronize_parameters(self, params) -> None:
+        """Average the initial weights over the ranks, so every rank starts from the same point
+        even when the model was built without a common ``ms.set_seed``."""
+        all_reduce = ops.AllReduce()
+        for p in params:
+            p.set_data(all_reduce(p.value()) / self.world_size)
+
+    def _draws(self, batch: int, shape) -> Tuple[np.ndarray, np.ndarray]:
+        """(noise, timesteps) for this step: a pure function of (seed, rank, step)."""
+        rng = np.random.default_rng([self.seed, self.rank, self.step, 1])
+        timesteps = rng.integers(0, len(self.scheduler.alphas_cumprod), size=batch).astype(np.int32)
+        noise = rng.standard_normal((batch,) + tuple(shape)).astype(np.float32)
+        return noise, timesteps
+
+    def current_learning_rate(self) -> float:
+        if self.warmup_steps and self.step < self.warmup_steps:
+            return self.learning_rate * (self.step + 1) / self.warmup_steps
+        return self.learning_rate
+
+    def train_step(self, batch) -> float:
+        """One optimizer step on ``batch`` (a (B, C, H, W) array or Tensor); returns the loss."""
+        x0 = batch.asnumpy() if isinstance(batch, Tensor) else np.asarray(batch, np.float32)
+        if x0.ndim != 4:
+            raise ValueError(f"batch must be shaped (B, C, H, W), got shape {x0.shape}")
+        noise, timesteps = self._draws(x0.shape[0], x0.shape[1:])
+        self.optimizer.learning_rate.set_data(Tensor(self.current_learning_rate(), ms.float32))
+        decay = 0.0 if self.ema_decay is None else min(self.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+        loss = self._compiled_step(Tensor(x0.astype(np.float32)), Tensor(noise), Tensor(timesteps), Tensor(decay, ms.float32))
+        self.step += 1
+        value = float(loss.asnumpy())
+        self.history.append((self.step, value))
+        return value
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def _check_dataset(self, data: FieldDataset) -> None:
+        in_channels = getattr(getattr(self.model, "config", None), "get", lambda *_: None)("in_channels")
+        if in_channels is not None and data.sample_shape[0] != in_channels:
+            raise ValueError(f"dataset has {data.sample_shape[0]} channels but the model's in_channels is {in_channels}")
+
+    def train(
+        self,
+        dataset,
+        num_steps: int,
+        *,
+        resume_from: Optional[Union[str, os.PathLike]] = None,
+        log_every: Optional[int] = None,
+        callback: Optional[Callable[["DiffusionTrainer", float], None]] = None,
+        stop_after: Optional[int] = None,
+        max_seconds: Optional[float] = None,
+    ) -> List[Tuple[int, float]]:
+        """Train until ``num_steps`` optimizer steps have been taken in total (a resumed run
+        continues from its checkpoint's step). Returns the ``(step, loss)`` history.
+
+        ``dataset``: a FieldDataset, a (N, C, H, W) array, a .npy/.npz path or an image folder.
+        ``resume_from``: a checkpoint directory, or ``"latest"`` for the newest one in
+        ``output_dir`` (a fresh start if there is none). ``callback(trainer, loss)`` runs after
+        every step. ``stop_after`` / ``max_seconds``: stop early after this many steps / seconds of
+        this call. Every way of stopping early (those two, Ctrl-C) writes a checkpoint of the last
+        finished step first when ``output_dir`` is set, so a resumed run loses no finished step;
+        a hard kill loses the steps since the last ``checkpoint_every`` checkpoint.
+        """
+        _check_positive("num_steps", num_steps, integer=True)
+        data = as_dataset(dataset)
+        self._check_dataset(data)
+        if resume_from is not None:
+            if resume_from == "latest":
+                if self.output_dir is None:
+                    raise ValueError("resume_from='latest' needs output_dir")
+                resume_from = latest_checkpoint(self.output_dir)
+            if resume_from is not None:
+                self.load_checkpoint(resume_from)
+        if self._order is None or self._order.num_items != len(data):
+            self._order = BatchOrder(len(data), self.batch_size, self.seed, self.rank, self.world_size)
+        if self._pending_order_state is not None:
+            self._order.load_state_dict(self._pending_order_state)
+            self._pending_order_state = None
+        if stop_after is not None:
+            _check_positive("stop_after", stop_after, integer=True)
+        if max_seconds is not None:
+            _check_positive("max_seconds", max_seconds)
+        start, begun = self.step, time.time()
+        saved_at = None
+        try:
+            while self.step < num_steps:
+                if stop_after is not None and self.step - start >= stop_after:
+                    break
+                if max_seconds is not None and time.time() - begun >= max_seconds:
+                    break
+                # Draw the batch only after the checks above: drawing advances the data order.
+                loss = self.train_step(data.data[self._order.next_indices()])
+                if callback is not None:
+                    callback(self, loss)
+                if log_every and self.step % log_every == 0 and self.rank == 0:
+                    recent = [v for _, v in self.history[-log_every:]]
+                    rate = (time.time() - begun) / max(self.step - start, 1)
+                    print(f"step {self.step}/{num_steps}  loss {np.mean(recent):.5f}  {rate:.2f} s/step", flush=True)
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.output_dir is not None:
+                    self.save_checkpoint()
+                    saved_at = self.step
+        finally:
+            # Also on Ctrl-C: the last finished step is saved before the exception propagates.
+            if self.output_dir is not None and self.step > start and saved_at != self.step:
+                self.save_checkpoint()
+        return self.history
+
+    # ---- EMA / export ---------------------------------------------------------------------
+
+    def ema_state(self) -> Dict[str, np.ndarray]:
+        """The EMA weights keyed like the model's parameters (the live weights without EMA)."""
+        if self.ema_params is None:
+            return state_arrays(self.model)
+        return {key: np.ascontiguousarray(p.asnumpy()) for key, p in zip(self._ema_keys, self.ema_params)}
+
+    def ema_model(self) -> nn.Cell:
+        """A fresh copy of the model (same config) carrying the EMA weights."""
+        from ..models.weights import load_state_dict
+
+        copy = type(self.model).from_config(dict(self.model.config))
+        arrays = state_arrays(self.model)
+        arrays.update(self.ema_state())
+        load_state_dict(copy, arrays, source="EMA weights")
+        return copy
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], use_ema: bool = True,
+                        pipeline_class: str = "DDIMPipeline") -> Path:
+        """Write the diffusers pipeline layout: ``model_index.json``, ``unet/`` (config.json +
+        diffusion_pytorch_model.safetensors; the EMA weights if ``use_ema``) and
+        ``scheduler/scheduler_config.json``. Returns the directory."""
+        directory = Path(save_directory)
+        if directory.is_file():
+            raise OSError(f"save_directory must be a directory, but {directory} is a file")
+        model = self.ema_model() if use_ema else self.model
+        model.save_pretrained(directory / "unet")
+        self.scheduler.save_config(directory / "scheduler")
+        write_json_atomically(directory / "model_index.json", {
+            "_class_name": pipeline_class,
+            "_diffusers_version": DIFFUSERS_FORMAT_VERSION,
+            "scheduler": ["diffusers", type(self.scheduler).__name__],
+            "unet": ["diffusers", type(self.model).__name__],
+        })
+        return directory
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def _optimizer_state(self) -> Dict[str, np.ndarray]:
+        model_names = {p.name for p in self.optimizer.parameters}
+        return {
+            p.name: np.ascontiguousarray(p.asnumpy())
+            for p in self.optimizer.get_parameters()
+            if p.name not in model_names
+        }
+
+    def save_checkpoint(self, directory: Optional[Union[str, os.PathLike]] = None) -> Optional[Path]:
+        """Write ``checkpoint-<step>`` (under ``output_dir`` unless ``directory`` is given):
+        ``unet/`` (model, diffusers layout), ``unet_ema/`` (EMA weights, same layout),
+        ``optimizer.safetensors``, ``trainer_state.json`` (step, data order, hyper-parameters).
+        Everything goes to a temporary directory that is renamed into place, so a crash leaves
+        either the previous checkpoint or the complete new one. Only rank 0 writes."""
+        from safetensors.numpy import save_file
+
+        if self.rank != 0:
+            return None
+        if directory is None:
+            if self.output_dir is None:
+                raise ValueError("save_checkpoint needs a directory or the trainer's output_dir")
+            directory = self.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+        final = Path(directory)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.model.save_pretrained(tmp / "unet")
+        self.model.save_config(tmp / EMA_DIR)
+        save_file(self.ema_state(), str(tmp / EMA_DIR / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(self._optimizer_state(), str(tmp / OPTIMIZER_NAME))
+        state = {
+            "step": self.step,
+            "data_order": self._order.state_dict() if self._order is not None else self._pending_order_state,
+            "hparams": self.hparams,
+            "world_size": self.world_size,
+        }
+        write_json_atomically(tmp / STATE_NAME, state)
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)
+        self._prune_checkpoints(final.parent)
+        return final
+
+    def _prune_checkpoints(self, parent: Path) -> None:
+        found = sorted(
+            (int(p.name[len(CHECKPOINT_PREFIX):]), p) for p in parent.iterdir()
+            if p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()
+        )
+        for _, path in found[:-self.keep_checkpoints]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def load_checkpoint(self, directory: Union[str, os.PathLike]) -> None:
+        """Restore model, EMA, optimizer state, step and data order from a checkpoint directory."""
+        from safetensors.numpy import load_file
+
+        directory = Path(directory)
+        state_path = directory / STATE_NAME
+        if not state_path.is_file():
+            raise OSError(f"not a checkpoint directory (no {STATE_NAME}): {directory}")
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise OSError(f"cannot read {state_path}: {err}") from err
+        if state.get("hparams", {}).get("seed", self.seed) != self.seed:
+            raise ValueError(f"checkpoint was trained with seed {state['hparams']['seed']}, this trainer has seed {self.seed}")
+        load_model_weights(self.model, directory / "unet")
+        if self.ema_params is not None:
+            ema = load_file(str(directory / EMA_DIR / WEIGHTS_NAME))
+            for key, p in zip(self._ema_keys, self.ema_params):
+                p.set_data(Tensor(ema[key]))
+        opt_arrays = load_file(str(directory / OPTIMIZER_NAME))
+        for p in self.optimizer.get_parameters():
+            if p.name in opt_arrays:
+                p.set_data(Tensor(opt_arrays[p.name]))
+        self.step = int(state["step"])
+        self._pending_order_state = state.get("data_order")
+        if self._order is not None and self._pending_order_state is not None:
+            self._order.load_state_dict(self._pending_order_state)
+            self._pending_order_state = None

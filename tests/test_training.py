@@ -1,0 +1,273 @@
+"""DiffusionTrainer: loss targets and weights against a numpy re-derivation, the compiled step,
+checkpoints (layout, atomicity, bit-exact resume), export, datasets and bad input."""
+import json
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor, nn
+
+from mindscience_diffuser import DDIMScheduler, DDPMScheduler
+from mindscience_diffuser.models import UNet2DModel
+from mindscience_diffuser.training import (
+    ArrayDataset,
+    BatchOrder,
+    DiffusionLoss,
+    DiffusionTrainer,
+    FieldDataset,
+    ImageFolderDataset,
+    SyntheticFieldDataset,
+    as_dataset,
+    latest_checkpoint,
+    load_fields,
+    snr_weights,
+)
+
+
+def tiny_unet():
+    ms.set_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,), down_block_types=("DownBlock2D",),
+        up_block_types=("UpBlock2D",), mid_block_type=None, layers_per_block=1, norm_num_groups=4,
+    )
+
+
+class HalfModel(nn.Cell):
+    """model(x, t) = 0.5·x + 0.001·t: a parameterised stand-in whose output numpy can recompute."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = ms.Parameter(Tensor(np.array([0.5], np.float32)), name="scale")
+
+    def construct(self, x, t):
+        return self.scale * x + 0.001 * t.astype(ms.float32).reshape(-1, 1, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def fields():
+    return SyntheticFieldDataset("grf", num_samples=24, size=8, seed=3)
+
+
+# ---- loss targets and weights -------------------------------------------------------------
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("loss,weighting", [("mse", None), ("l1", "min_snr"), ("mse", "p2")])
+def test_loss_matches_numpy(prediction_type, loss, weighting):
+    sched = DDPMScheduler(num_train_timesteps=100, prediction_type=prediction_type)
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal((3, 1, 4, 4)).astype(np.float32)
+    eps = rng.standard_normal((3, 1, 4, 4)).astype(np.float32)
+    t = np.array([0, 41, 99], np.int32)
+    weights = snr_weights(sched.alphas_cumprod, prediction_type, weighting, min_snr_gamma=2.0, p2_gamma=0.5, p2_k=1.0)
+    got = DiffusionLoss(HalfModel(), sched, loss, weights)(Tensor(x0), Tensor(eps), Tensor(t)).asnumpy()
+
+    abar = sched.alphas_cumprod.astype(np.float64)[t].reshape(-1, 1, 1, 1)
+    a, s = np.sqrt(abar), np.sqrt(1 - abar)
+    xt = a * x0 + s * eps
+    target = {"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[prediction_type]
+    err = 0.5 * xt + 0.001 * t.reshape(-1, 1, 1, 1) - target
+    per = (np.abs(err) if loss == "l1" else err ** 2).reshape(3, -1).mean(1)
+    snr = (abar / (1 - abar)).ravel()
+    if weighting is None:
+        w = np.ones(3)
+    elif weighting == "p2":
+        w = 1 / np.sqrt(1 + snr)
+    else:
+        w = {"epsilon": np.minimum(snr, 2) / snr, "sample": np.minimum(snr, 2),
+             "v_prediction": np.minimum(snr, 2) / (snr + 1)}[prediction_type]
+    np.testing.assert_allclose(got, (w * per).mean(), rtol=2e-5)
+
+
+def test_snr_weights_zero_terminal_snr_is_finite():
+    sched = DDIMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    for pred in ("epsilon", "sample", "v_prediction"):
+        for weighting in (None, "min_snr", "p2"):
+            w = snr_weights(sched.alphas_cumprod, pred, weighting)
+            assert np.all(np.isfinite(w)) and np.all(w >= 0), (pred, weighting)
+    assert snr_weights(sched.alphas_cumprod, "epsilon", "min_snr")[-1] == 1.0
+
+
+# ---- compiled step, checkpoints, resume -----------------------------------------------------
+
+def make_trainer(output_dir=None, **kwargs):
+    opts = dict(batch_size=4, learning_rate=1e-3, weighting="min_snr", ema_decay=0.9, output_dir=output_dir, checkpoint_every=2)
+    opts.update(kwargs)
+    return DiffusionTrainer(tiny_unet(), DDIMScheduler(num_train_timesteps=100, prediction_type="v_prediction"), **opts)
+
+
+def params(cell):
+    return {name: p.asnumpy() for name, p in cell.parameters_and_names()}
+
+
+def test_resume_after_interruption_is_bit_exact(tmp_path, fields):
+    """N steps straight == k steps, interruption, a fresh process-like restart from the
+    checkpoint, N - k more: identical model, EMA and optimizer state."""
+    straight = make_trainer(tmp_path / "a")
+    straight.train(fields, 5)
+
+    first = make_trainer(tmp_path / "b")
+    first.train(fields, 5, stop_after=3)  # "crash" after step 3 (a checkpoint of step 3 is written on the way out)
+    assert latest_checkpoint(tmp_path / "b").name == "checkpoint-3"
+    resumed = make_trainer(tmp_path / "b")
+    resumed.train(fields, 5, resume_from="latest")
+    assert resumed.step == straight.step == 5
+
+    a, b = params(straight.model), params(resumed.model)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    ea, eb = straight.ema_state(), resumed.ema_state()
+    assert all(np.array_equal(ea[k], eb[k]) for k in ea)
+    oa, ob = straight._optimizer_state(), resumed._optimizer_state()
+    assert all(np.array_equal(oa[k], ob[k]) for k in oa)
+    # The EMA moved away from the live weights, and the losses were finite.
+    assert any(not np.array_equal(ea[k], a[k]) for k in ea)
+    assert all(np.isfinite(v) for _, v in straight.history)
+
+    # Checkpoint layout (diffusers' model layout for both weight sets), pruning, no temp dirs.
+    ckpt = tmp_path / "a" / "checkpoint-5"
+    for rel in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet_ema/config.json",
+                "unet_ema/diffusion_pytorch_model.safetensors", "optimizer.safetensors", "trainer_state.json"):
+        assert (ckpt / rel).is_file(), rel
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["checkpoint-4", "checkpoint-5"]
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 5 and state["hparams"]["weighting"] == "min_snr"
+    ema_unet = UNet2DModel.from_pretrained(ckpt, subfolder="unet_ema")
+    assert np.array_equal(params(ema_unet)["conv_in.weight"], ea["conv_in.weight"])
+
+    # Export: a pipeline folder that the package's DDIMPipeline loads.
+    from mindscience_diffuser.pipelines import DDIMPipeline
+
+    out = straight.save_pretrained(tmp_path / "pipe")
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    pipe = DDIMPipeline.from_pretrained(out)
+    assert np.array_equal(params(pipe.unet)["conv_in.weight"], ea["conv_in.weight"])
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_train_step_and_warmup(fields):
+    model = HalfModel()
+    model.config = {"in_channels": 1}
+    trainer = DiffusionTrainer(model, DDPMScheduler(num_train_timesteps=100), batch_size=4, weighting=None,
+                               ema_decay=None, warmup_steps=4, learning_rate=3e-3, loss="l1")
+    assert trainer.current_learning_rate() == pytest.approx(3e-3 / 4)
+    batch = fields.data[:4]
+    losses = [trainer.train_step(batch) for _ in range(6)]
+    assert trainer.current_learning_rate() == pytest.approx(3e-3)
+    assert np.all(np.isfinite(losses))
+    # Without EMA, ema_state is the live weights.
+    live = params(trainer.model)["scale"]
+    assert np.array_equal(trainer.ema_state()["scale"], live) and live[0] != 0.5
+    with pytest.raises(ValueError, match="batch"):
+        trainer.train_step(batch[0])
+    with pytest.raises(ValueError, match="channels"):
+        trainer.train(np.zeros((8, 2, 8, 8), np.float32), 1)
+    with pytest.raises(ValueError, match="resume_from='latest' needs output_dir"):
+        trainer.train(fields, 1, resume_from="latest")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(loss="huber"), "loss must be one of"),
+    (dict(weighting="snr"), "weighting must be one of"),
+    (dict(learning_rate=0), "learning_rate"),
+    (dict(batch_size=2.5), "batch_size"),
+    (dict(ema_decay=1.0), "ema_decay"),
+    (dict(max_grad_norm=-1), "max_grad_norm"),
+    (dict(checkpoint_every=0), "checkpoint_every"),
+    (dict(seed=-1), "seed"),
+])
+def test_bad_trainer_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionTrainer(HalfModel(), DDPMScheduler(), **kwargs)
+
+
+def test_bad_model_and_scheduler(tmp_path):
+    with pytest.raises(TypeError, match="model must be"):
+        DiffusionTrainer(lambda x, t: x, DDPMScheduler())
+    with pytest.raises(TypeError, match="scheduler must be a VP scheduler"):
+        DiffusionTrainer(HalfModel(), object())
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OSError, match="output_dir"):
+        DiffusionTrainer(HalfModel(), DDPMScheduler(), output_dir=tmp_path / "f")
+    trainer = DiffusionTrainer(HalfModel(), DDPMScheduler())
+    with pytest.raises(OSError, match="not a checkpoint directory"):
+        trainer.load_checkpoint(tmp_path)
+
+
+# ---- datasets ------------------------------------------------------------------------------
+
+def test_array_sources(tmp_path):
+    arr = np.random.default_rng(0).standard_normal((6, 2, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "a.npy", arr)
+    np.savez(tmp_path / "b.npz", first=arr, second=arr[:, :1])
+    assert np.array_equal(ArrayDataset(tmp_path / "a.npy").data, arr)
+    assert np.array_equal(ArrayDataset(tmp_path / "b.npz").data, arr)
+    assert ArrayDataset(tmp_path / "b.npz", key="second").sample_shape == (1, 4, 4)
+    assert load_fields(tmp_path / "a.npy").shape == (6, 2, 4, 4)
+    assert ArrayDataset(arr[:, 0]).sample_shape == (1, 4, 4)  # (N, H, W) -> one channel
+    assert as_dataset(str(tmp_path / "a.npy")).data.shape == (6, 2, 4, 4)
+    train, held = FieldDataset(arr).split(2)
+    assert len(train) == 4 and len(held) == 2
+
+    with pytest.raises(OSError, match="not found"):
+        ArrayDataset(tmp_path / "missing.npy")
+    with pytest.raises(ValueError, match=r"\.npy or \.npz"):
+        ArrayDataset(tmp_path / "a.txt")
+    with pytest.raises(ValueError, match="key must be one of"):
+        ArrayDataset(tmp_path / "b.npz", key="third")
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        ArrayDataset(arr[0, 0])
+    with pytest.raises(ValueError, match="NaN"):
+        FieldDataset(np.full((2, 1, 2, 2), np.nan))
+    with pytest.raises(TypeError, match="numbers"):
+        FieldDataset(np.array([["a"]]))
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(OSError, match="cannot read"):
+        ArrayDataset(tmp_path / "bad.npy")
+    with pytest.raises(TypeError, match="dataset must be"):
+        as_dataset([1, 2, 3])
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((6, 5), 40 * i, np.uint8), mode="L").save(tmp_path / f"{i}.png")
+    rgb = ImageFolderDataset(tmp_path)
+    assert rgb.data.shape == (3, 3, 6, 5) and rgb.data.min() == -1.0
+    gray = ImageFolderDataset(tmp_path, size=4, mode="L")
+    assert gray.data.shape == (3, 1, 4, 4)
+    assert load_fields(tmp_path).shape == (3, 1, 6, 5)  # all-grayscale folder -> one channel
+    assert load_fields(tmp_path / "2.png").shape == (1, 1, 6, 5)
+    with pytest.raises(OSError, match="image folder not found"):
+        ImageFolderDataset(tmp_path / "nope")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ImageFolderDataset(tmp_path, mode="CMYK")
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / "odd.png")
+    with pytest.raises(ValueError, match="different sizes"):
+        ImageFolderDataset(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OSError, match="no image files"):
+        ImageFolderDataset(empty)
+
+
+def test_batch_order_resumes_and_shards():
+    order = BatchOrder(10, 3, seed=5)
+    first = [order.next_indices() for _ in range(7)]  # crosses two epoch boundaries (3 batches per epoch)
+    again = BatchOrder(10, 3, seed=5)
+    for _ in range(4):
+        again.next_indices()
+    state = again.state_dict()
+    restored = BatchOrder(10, 3, seed=5)
+    restored.load_state_dict(state)
+    assert all(np.array_equal(a, b) for a, b in zip(first[4:], [restored.next_indices() for _ in range(3)]))
+    assert len(set(np.concatenate(first[:3]).tolist())) == 9  # no repeats within an epoch
+    # Two shards split each global batch of 6 without overlap.
+    r0, r1 = BatchOrder(12, 3, seed=1, shard=0, num_shards=2), BatchOrder(12, 3, seed=1, shard=1, num_shards=2)
+    a, b = r0.next_indices(), r1.next_indices()
+    assert not set(a.tolist()) & set(b.tolist())
+    with pytest.raises(ValueError, match="exceeds the dataset size"):
+        BatchOrder(4, 3, num_shards=2)
+    with pytest.raises(ValueError, match="seed"):
+        BatchOrder(10, 3, seed=6).load_state_dict(state)
