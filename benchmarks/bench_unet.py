@@ -24,7 +24,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess

@@ -8,7 +8,7 @@ from mindspore import Tensor, nn, ops
 
 from ..utils import check_choice
 from .layers import Conv2d, GroupNorm, Linear, get_activation
-from .resampling import FirDownsample2D, FirUpsample2D, Upsample2D, avg_pool_2x, nearest_upsample_2x
+from .resampling import FirDownsample2D, FirUpsample2D, avg_pool_2x, nearest_upsample_2x
 
 TIME_SCALE_SHIFTS = ("default", "scale_shift")
 
