@@ -246,10 +246,11 @@ def cmd_convert(opts: argparse.Namespace) -> int:
         raise UsageError("converting a .ckpt needs --model-config (the UNet's config.json)")
     unet = msd.UNet2DModel.from_config(msd.UNet2DModel.load_config(_existing_path(opts.model_config)))
     params = ms.load_checkpoint(str(source))
-    expected = set(unet.parameters_dict())
-    missing, unexpected = sorted(expected - set(params)), sorted(set(params) - expected)
-    if missing or unexpected:
-        raise UsageError(f"checkpoint does not fit the config: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    expected = unet.parameters_dict()
+    missing, unexpected = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(params) if tuple(expected[k].shape) != tuple(params[k].shape))
+    if missing or unexpected or shapes:
+        raise UsageError(f"checkpoint does not fit the config: missing {missing[:8]}, unexpected {unexpected[:8]}, wrong shape {shapes[:8]}")
     ms.load_param_into_net(unet, params, strict_load=True)
     unet.save_pretrained(target)
     print(f"wrote {target} (config.json, diffusion_pytorch_model.safetensors)")

@@ -1,0 +1,126 @@
+"""The command line: every job file in configs/ runs, flags override files, and bad input is
+one error line with exit status 2 and no output file."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mindscience_diffuser as msd
+from mindscience_diffuser import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def tiny_unet():
+    return msd.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    msd.DDIMPipeline(unet=tiny_unet(), scheduler=msd.DDIMScheduler(num_train_timesteps=100)).save_pretrained(folder)
+    return folder
+
+
+def run(*args):
+    return cli.main([str(a) for a in args])
+
+
+@pytest.mark.parametrize("job", ["ddim", "dpmsolver", "sde_ve", "consistency"])
+def test_every_sampling_job_file_runs(job, model_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    raw = tmp_path / "raw.npy"
+    steps = ["--steps", "3"] if job != "consistency" else []
+    code = run("sample", "--config", CONFIGS / f"{job}.yaml", "--model", model_dir, "--output", out, "--save-npy", raw,
+               "--batch-size", 2, "--mode", "pynative", "--quiet", *steps)
+    assert code == 0 and out.stat().st_size > 0
+    images = np.load(raw)
+    assert images.shape == (2, 8, 8, 1) and np.all(np.isfinite(images)) and images.min() >= 0 and images.max() <= 1
+
+
+def test_flags_override_job_file(model_dir, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert run("sample", "--config", CONFIGS / "ddim.yaml", "--model", model_dir, "--steps", 2, "--batch-size", 3,
+               "--output", out, "--mode", "pynative", "--quiet") == 0
+    printed = capsys.readouterr().out
+    assert "3 samples" in printed and "2 steps" in printed and out.exists()
+
+
+def test_same_seed_same_png(model_dir, tmp_path):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    for path in (a, b):
+        run("sample", "--model", model_dir, "--steps", 2, "--batch-size", 2, "--seed", 7, "--eta", 1.0,
+            "--output", tmp_path / "g.png", "--save-npy", path, "--mode", "pynative", "--quiet")
+    np.testing.assert_array_equal(np.load(a), np.load(b))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["sample", "--model", "/no/such/model"], "unet/config.json"),
+        (["sample", "--config", "/no/such.yaml"], "no such file"),
+        (["sample", "--steps", "0"], "positive integer"),
+        (["sample", "--pipeline", "heun"], "invalid choice"),
+        (["sample", "--eta", "2"], "eta"),
+        (["evaluate", "--generated", "/no/such.npy", "--reference", "/no/such.npy"], "no such file"),
+        (["evaluate", "--generated", "x.npy"], "needs --reference"),
+        (["invert"], "needs --input"),
+        (["convert", "--input", "/no/such", "--output", "x.ckpt"], "no such file"),
+    ],
+)
+def test_bad_input_exits_2_with_one_error_line(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(cli.main(args))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_job_file_key_and_bad_job_value(tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("pipeline: ddim\nstepz: 3\n")
+    assert run("sample", "--config", job) == 2
+    assert "stepz" in capsys.readouterr().err
+    job.write_text("steps: -4\n")
+    assert run("sample", "--config", job) == 2
+    assert "steps must be a positive integer" in capsys.readouterr().err
+
+
+def test_failed_run_leaves_no_output_file(model_dir, tmp_path):
+    out = tmp_path / "samples.png"
+    # a bad eta is rejected before any file is written
+    assert run("sample", "--model", model_dir, "--eta", "1.5", "--output", out) == 2
+    assert not out.exists() and not list(tmp_path.glob(".samples*"))
+
+
+def test_convert_round_trip(model_dir, tmp_path):
+    ckpt = tmp_path / "unet.ckpt"
+    assert run("convert", "--input", model_dir, "--output", ckpt) == 0
+    back = tmp_path / "back"
+    assert run("convert", "--input", ckpt, "--output", back, "--model-config", model_dir / "unet" / "config.json") == 0
+    original = msd.UNet2DModel.from_pretrained(model_dir / "unet")
+    restored = msd.UNet2DModel.from_pretrained(back)
+    for name, param in original.parameters_dict().items():
+        np.testing.assert_array_equal(param.asnumpy(), restored.parameters_dict()[name].asnumpy())
+
+
+def test_convert_rejects_a_checkpoint_that_does_not_fit(model_dir, tmp_path, capsys):
+    ckpt = tmp_path / "unet.ckpt"
+    run("convert", "--input", model_dir, "--output", ckpt)
+    other = tmp_path / "other.json"
+    config = json.loads((model_dir / "unet" / "config.json").read_text())
+    config["block_out_channels"] = [8, 32]
+    other.write_text(json.dumps(config))
+    assert run("convert", "--input", ckpt, "--output", tmp_path / "x", "--model-config", other) == 2
+    assert "does not fit" in capsys.readouterr().err
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "mindscience_diffuser", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "sample" in result.stdout and "convert" in result.stdout
