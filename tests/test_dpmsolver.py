@@ -20,15 +20,13 @@ GRID = H.case_ids(FAMILY)
 # Free-running loops: every option value and every order-logic combination at least once (the
 # teacher-forced test above covers every case; each free loop costs ~1 s on a loaded CPU).
 LOOPS = [
-    "fwd-dpmsolver++-midpoint-o1", "fwd-dpmsolver++-heun-o3", "fwd-dpmsolver-heun-o2", "fwd-sde-dpmsolver++-midpoint-o3",
-    "fwd-sde-dpmsolver-heun-o2", "fwd-default-25", "fwd-o3-16-steps", "fwd-euler-at-final-sde", "fwd-dpmsolver-sample-o3",
-    "fwd-threshold-dpmsolver", "fwd-karras-v-o3", "fwd-karras-cosine-dup", "fwd-exponential", "fwd-beta", "fwd-lu-lambdas-v",
-    "fwd-flow-dynamic-mu", "fwd-cosine-lambda-clip-trailing", "fwd-learned-range", "fwd-learned-dpmsolver",
-    "fwd-leading-offset", "fwd-trained-betas", "fwd-zero-snr-eps", "fwd-custom-timesteps", "fwd-rank3-sde", "fwd-two-steps-o3",
-    "inv-dpmsolver++-heun-o3", "inv-default-25", "inv-euler-at-final", "inv-v-pred", "inv-threshold-dpmsolver",
-    "inv-karras-cosine-dedup", "inv-beta", "inv-flow", "inv-learned-range", "inv-trailing", "inv-rank3",
+    "fwd-dpmsolver++-midpoint-o1", "fwd-dpmsolver-heun-o2", "fwd-sde-dpmsolver++-midpoint-o3", "fwd-sde-dpmsolver-heun-o2",
+    "fwd-default-25", "fwd-euler-at-final-sde", "fwd-dpmsolver-sample-o3", "fwd-karras-v-o3", "fwd-exponential", "fwd-beta",
+    "fwd-lu-lambdas-v", "fwd-flow-dynamic-mu", "fwd-cosine-lambda-clip-trailing", "fwd-learned-range", "fwd-learned-dpmsolver",
+    "fwd-leading-offset", "fwd-trained-betas", "fwd-zero-snr-eps", "fwd-custom-timesteps", "fwd-rank3-sde",
+    "inv-dpmsolver++-heun-o3", "inv-default-25", "inv-threshold-dpmsolver", "inv-karras-cosine-dedup", "inv-beta", "inv-flow",
 ]
-HALF = ["fwd-default-25", "fwd-sde-dpmsolver++-midpoint-o3", "fwd-karras-v-o3", "inv-dpmsolver-heun-o3"]
+HALF = ["fwd-default-25", "fwd-sde-dpmsolver++-midpoint-o3", "inv-dpmsolver-heun-o3"]
 
 
 def _conditioning(name, sched) -> np.ndarray:
@@ -252,8 +250,8 @@ def round_trip_error(steps: int, solver_order: int = 2, algorithm_type: str = "d
 
 
 def test_round_trip_error_shrinks_with_steps():
-    # Second order: 2.5x the steps should cut the error by far more than 4x (measured: ~15x).
-    coarse, fine = round_trip_error(10, shape=(1, 3, 4, 4)), round_trip_error(25, shape=(1, 3, 4, 4))
+    # Second order: 2.5x the steps should cut the error by far more than 4x (measured: ~10x).
+    coarse, fine = round_trip_error(8, shape=(1, 3, 4, 4)), round_trip_error(20, shape=(1, 3, 4, 4))
     assert fine < coarse / 4 and fine < 0.1, (coarse, fine)
 
 
@@ -335,6 +333,16 @@ def test_diffusers_configs_load(tmp_path):
 
 
 if __name__ == "__main__":
-    print("steps  max|x0' - x0|/max|x0|   (dpmsolver++, order 1 / 2 / 3)")
-    for n in (5, 10, 20, 50, 100):
-        print(f"{n:5d}  " + "  ".join(f"{round_trip_error(n, order):.3e}" for order in (1, 2, 3)))
+    import sys
+
+    if sys.argv[1:] == ["errors"]:  # the per-family maxima quoted in docs/api/dpmsolver_multistep*.md
+        for prefix in ("fwd-", "inv-"):
+            names = [n for n in GRID if n.startswith(prefix)]
+            forced = {n: max(H.replay(FAMILY, n, forced=True)) for n in names}
+            loops = {n: max(H.replay(FAMILY, n, forced=False)) for n in names}
+            worst_f, worst_l = max(forced, key=forced.get), max(loops, key=loops.get)
+            print(f"{prefix} {len(names)} cases: per step {forced[worst_f]:.2e} ({worst_f}), loop {loops[worst_l]:.2e} ({worst_l})")
+    else:
+        print("steps  max|x0' - x0|/max|x0|   (dpmsolver++, order 1 / 2 / 3)")
+        for n in (5, 10, 20, 50, 100):
+            print(f"{n:5d}  " + "  ".join(f"{round_trip_error(n, order):.3e}" for order in (1, 2, 3)))

@@ -33,7 +33,7 @@ from mindspore import Tensor, ops
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import TimestepLike, VPSchedulerBase, dynamic_threshold, predict_x0_and_eps
+from .base import TimestepLike, VPSchedulerBase, as_float32, dynamic_threshold, predict_x0_and_eps
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -130,22 +130,22 @@ def first_order_update(coefs, sample: Tensor, d0: Tensor, noise: Optional[Tensor
     return x
 
 
-def second_order_update(coefs, sample: Tensor, m0: Tensor, m1: Tensor, noise: Optional[Tensor]) -> Tensor:
-    """Multistep second order (DPM-Solver++ Algorithm 2): D1 = (m0 - m1)/r0 with r0 = h_{i-1}/h_i,
-    weighted by c1 (c0/2 for the midpoint rule, the Heun weight otherwise)."""
-    d1 = (1.0 / coefs[R0]) * (m0 - m1)
-    return first_order_update(coefs, sample, m0, noise) + coefs[C1] * d1
+def second_order_update(coefs, first: Tensor, m0: Tensor, m1: Tensor) -> Tensor:
+    """Multistep second order (DPM-Solver++ Algorithm 2) on top of the first-order result
+    ``first``: + c1·D1 with D1 = (m0 - m1)/r0, r0 = h_{i-1}/h_i (c1 = c0/2 for the midpoint
+    rule, the Heun weight otherwise)."""
+    return first + coefs[C1] * ((1.0 / coefs[R0]) * (m0 - m1))
 
 
-def third_order_update(coefs, sample: Tensor, m0: Tensor, m1: Tensor, m2: Tensor, noise: Optional[Tensor]) -> Tensor:
-    """Multistep third order: divided differences D1_0 = (m0-m1)/r0, D1_1 = (m1-m2)/r1,
-    D1 = D1_0 + r0/(r0+r1)·(D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1)."""
+def third_order_update(coefs, first: Tensor, m0: Tensor, m1: Tensor, m2: Tensor) -> Tensor:
+    """Multistep third order on top of ``first``: divided differences D1_0 = (m0-m1)/r0,
+    D1_1 = (m1-m2)/r1, D1 = D1_0 + r0/(r0+r1)·(D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1)."""
     r0, r1 = coefs[R0], coefs[R1]
     d1_0 = (1.0 / r0) * (m0 - m1)
     d1_1 = (1.0 / r1) * (m1 - m2)
     d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
     d2 = (1.0 / (r0 + r1)) * (d1_0 - d1_1)
-    return first_order_update(coefs, sample, m0, noise) + coefs[C1_3] * d1 + coefs[C2] * d2
+    return first + coefs[C1_3] * d1 + coefs[C2] * d2
 
 
 def convert_model_output(
@@ -196,47 +196,11 @@ def half_log_snr(alpha: np.ndarray, sigma_t: np.ndarray) -> np.ndarray:
 
 
 def clipped_index(abar32: np.ndarray, lambda_min_clipped: float) -> int:
-    """How many of the noisiest training timesteps have λ below ``lambda_min_clipped`` (left bisection on ascending λ)."""
+    """How many of the noisiest training timesteps have λ below ``lambda_min_clipped`` (left bisection
+    on ascending λ, computed in float32 from the float32 ᾱ as diffusers does)."""
     with np.errstate(divide="ignore"):
         lam = np.log(np.sqrt(abar32)) - np.log(np.sqrt(np.float32(1.0) - abar32))
     return int(np.searchsorted(lam[::-1], lambda_min_clipped, side="left"))
-
-
-def linspace_float32(start: float, end: float, num: int) -> np.ndarray:
-    """``torch.linspace(start, end, num, dtype=float32)`` bit for bit: a float32 step, each point
-    start + i·step (first half) or end - (num-1-i)·step (second half) rounded once."""
-    s, e = np.float32(start), np.float32(end)
-    if num == 1:
-        return np.array([s], np.float32)
-    step = np.float64((e - s) / np.float32(num - 1))
-    i = np.arange(num)
-    points = np.where(i < num // 2, np.float64(s) + step * i, np.float64(e) - step * (num - 1 - i))
-    return points.astype(np.float32)
-
-
-def float32_alphas_cumprod(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr) -> np.ndarray:
-    """ᾱ exactly as diffusers holds it: float32 β (torch's linspace), a cumulative product
-    accumulated in float64 (as torch's CPU cumprod does) and rounded to float32.
-
-    The σ table is derived from these values: near t=0, 1-ᾱ ≈ β_0 keeps only a few float32
-    digits, and σ_min of every Karras/exponential/beta schedule is exactly that value.
-    """
-    if trained_betas is not None:
-        betas = np.asarray(trained_betas, np.float32).reshape(-1)
-    elif beta_schedule == "linear":
-        betas = linspace_float32(beta_start, beta_end, num_train_timesteps)
-    elif beta_schedule == "scaled_linear":
-        betas = linspace_float32(beta_start**0.5, beta_end**0.5, num_train_timesteps)
-        betas = betas * betas
-    else:
-        betas = schedules.betas_for_alpha_bar(num_train_timesteps).astype(np.float32)
-    if rescale_betas_zero_snr:
-        betas = schedules.rescale_zero_terminal_snr(betas.astype(np.float64)).astype(np.float32)
-    abar = np.cumprod((np.float32(1.0) - betas).astype(np.float64)).astype(np.float32)
-    if rescale_betas_zero_snr:
-        # ᾱ_T = 0 would make σ_T infinite; diffusers keeps the last step finite.
-        abar[-1] = np.float32(2.0**-24)
-    return abar
 
 
 def step_orders(num_steps: int, solver_order: int, lower_order_final: bool, euler_at_final: bool, zero_final: bool) -> np.ndarray:
@@ -318,11 +282,12 @@ class DPMSolverMultistepBase(VPSchedulerBase):
             from ..configuration import FrozenConfig
 
             object.__setattr__(self, "_internal_config", FrozenConfig({**self.config, **changed}))
+        # float32 β and ᾱ exactly as diffusers holds them: near t=0, 1-ᾱ ≈ β_0 keeps only a few float32
+        # digits, and σ_min of every Karras/exponential/beta schedule is exactly that value.
         self._init_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr)
-        self._abar32 = float32_alphas_cumprod(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr)
         if rescale_betas_zero_snr:
             # ᾱ_T = 0 would make σ infinite; keep the last step finite as diffusers does.
-            self.alphas_cumprod[-1] = 2.0**-24
+            self.alphas_cumprod[-1] = np.float32(2.0**-24)
             self._set_table("alphas_cumprod_table", self.alphas_cumprod)
         self.solver_order = int(solver_order)
         self.algorithm_type = algorithm_type
@@ -356,7 +321,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
 
     def _train_sigmas(self) -> np.ndarray:
         """σ = sqrt((1-ᾱ)/ᾱ) of every training timestep, in float32 from diffusers' float32 ᾱ."""
-        abar = self._abar32
+        abar = self.alphas_cumprod.astype(np.float32)
         return np.sqrt((np.float32(1.0) - abar) / abar).astype(np.float64)
 
     def _sigma_schedule_timesteps(self, sigmas: np.ndarray, round_timesteps: bool) -> np.ndarray:
@@ -407,6 +372,9 @@ class DPMSolverMultistepBase(VPSchedulerBase):
             model_output = model_output[:, : sample.shape[1]]
         return convert_model_output(self.algorithm_type, self.prediction_type, model_output, sample, alpha_s0, sigma_s0, sigma_raw, self._threshold)
 
+    def _out(self, x: Tensor) -> Tensor:
+        return x if x.dtype == self.compute_dtype else x.astype(self.compute_dtype)
+
     def construct(self, model_output: Tensor, sample: Tensor, noise: Tensor, state: DPMState):
         """One multistep DPM-Solver step: ``(prev_sample, pred_original_sample, new_state)``.
 
@@ -416,25 +384,21 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         """
         index, lower_order_nums, history = state
         coefs, alpha_s0, sigma_s0, sigma_raw = self._knots(index)
-        x = sample.astype(ms.float32)
-        m0 = self._converted(model_output.astype(ms.float32), x, alpha_s0, sigma_s0, sigma_raw)
-        z = noise.astype(ms.float32) if self.stochastic else None
-        prev = first_order_update(coefs, x, m0, z)
-        order = ops.minimum(ops.gather(self.order_table, index, 0), lower_order_nums + 1)
+        x = as_float32(sample)
+        m0 = self._converted(as_float32(model_output), x, alpha_s0, sigma_s0, sigma_raw)
+        first = prev = first_order_update(coefs, x, m0, as_float32(noise) if self.stochastic else None)
         past = ops.unstack(history, 0)
         if self.solver_order >= 2:
-            prev = ops.where(order >= 2, second_order_update(coefs, x, m0, past[-1], z), prev)
+            order = ops.minimum(ops.gather(self.order_table, index, 0), lower_order_nums + 1)
+            prev = ops.where(order >= 2, second_order_update(coefs, first, m0, past[-1]), prev)
             if self.solver_order == 3:
-                prev = ops.where(order >= 3, third_order_update(coefs, x, m0, past[-1], past[-2], z), prev)
-        if self.algorithm_type.endswith("++"):
-            x0 = m0
-        else:
-            x0 = (x - sigma_s0 * m0) / alpha_s0
+                prev = ops.where(order >= 3, third_order_update(coefs, first, m0, past[-1], past[-2]), prev)
+        x0 = m0 if self.algorithm_type.endswith("++") else (x - sigma_s0 * m0) / alpha_s0
         new_history = ops.stack(past[1:] + (m0,), 0)
         # Counts up to solver_order; written as Tensor arithmetic so a while loop keeps it a Tensor.
         new_count = lower_order_nums + (lower_order_nums < self.solver_order).astype(ms.int32)
         new_state = (index + 1, new_count, new_history)
-        return self._cast(prev), self._cast(x0), new_state
+        return self._out(prev), self._out(x0), new_state
 
     # -- host API --------------------------------------------------------------------------------
     def index_for_timestep(self, timestep: TimestepLike) -> int:
@@ -496,7 +460,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         else:
             noise = self._zeros_like(sample)
         # mutable: a tuple of Tensors is otherwise a compile-time constant in GRAPH_MODE (one graph per step).
-        prev, x0, new_state = self(self._cast(model_output), self._cast(sample), noise, ms.mutable(tuple(state)))
+        prev, x0, new_state = self(self._out(model_output), self._out(sample), noise, ms.mutable(tuple(state)))
         self._state = tuple(new_state)
         return self._pack(return_dict, SchedulerOutput, prev, x0)
 
@@ -517,34 +481,35 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         """The solver's parametrisation of ``model_output`` at the current step index: x̂0 for
         the ++ variants, ε̂ otherwise (thresholded when ``thresholding``)."""
         _, alpha_s0, sigma_s0, sigma_raw = self._current_knots()
-        out = self._converted(model_output.astype(ms.float32), sample.astype(ms.float32), alpha_s0, sigma_s0, sigma_raw)
-        return self._cast(out)
+        return self._out(self._converted(as_float32(model_output), as_float32(sample), alpha_s0, sigma_s0, sigma_raw))
 
     def _block_noise(self, noise):
         if not self.stochastic:
             return None
         if noise is None:
             raise ValueError(f"algorithm_type={self.algorithm_type!r} needs noise")
-        return noise.astype(ms.float32)
+        return as_float32(noise)
 
     def dpm_solver_first_order_update(self, model_output: Tensor, sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """First-order step from the current step index with a converted ``model_output``."""
         coefs = self._current_knots()[0]
-        return self._cast(first_order_update(coefs, sample.astype(ms.float32), model_output.astype(ms.float32), self._block_noise(noise)))
+        return self._out(first_order_update(coefs, as_float32(sample), as_float32(model_output), self._block_noise(noise)))
 
     def multistep_dpm_solver_second_order_update(self, model_output_list: Sequence[Tensor], sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """Second-order multistep step; ``model_output_list`` ends with the newest converted output."""
         coefs = self._current_knots(order=2)[0]
-        m0, m1 = (m.astype(ms.float32) for m in (model_output_list[-1], model_output_list[-2]))
-        return self._cast(second_order_update(coefs, sample.astype(ms.float32), m0, m1, self._block_noise(noise)))
+        m0, m1 = (as_float32(m) for m in (model_output_list[-1], model_output_list[-2]))
+        first = first_order_update(coefs, as_float32(sample), m0, self._block_noise(noise))
+        return self._out(second_order_update(coefs, first, m0, m1))
 
     def multistep_dpm_solver_third_order_update(self, model_output_list: Sequence[Tensor], sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """Third-order multistep step; ``model_output_list`` ends with the newest converted output."""
         if self.algorithm_type == "sde-dpmsolver":
             raise ValueError("algorithm_type='sde-dpmsolver' has no third-order update")
         coefs = self._current_knots(order=3)[0]
-        m0, m1, m2 = (m.astype(ms.float32) for m in (model_output_list[-1], model_output_list[-2], model_output_list[-3]))
-        return self._cast(third_order_update(coefs, sample.astype(ms.float32), m0, m1, m2, self._block_noise(noise)))
+        m0, m1, m2 = (as_float32(m) for m in (model_output_list[-1], model_output_list[-2], model_output_list[-3]))
+        first = first_order_update(coefs, as_float32(sample), m0, self._block_noise(noise))
+        return self._out(third_order_update(coefs, first, m0, m1, m2))
 
     # -- noise -----------------------------------------------------------------------------------
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:

@@ -118,7 +118,7 @@ class DPMSolverMultistepScheduler(DPMSolverMultistepBase):
             n = len(ts)
         else:
             n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
-            last = cfg.num_train_timesteps - clipped_index(self._abar32, cfg.lambda_min_clipped)
+            last = cfg.num_train_timesteps - clipped_index(self.alphas_cumprod.astype(np.float32), cfg.lambda_min_clipped)
             ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset, last_timestep=last, extra_point=True)
         if special in ("karras", "exponential", "beta", "lu"):
             # Lu et al.'s uniform-λ steps are, for a VP schedule, uniform in log σ.

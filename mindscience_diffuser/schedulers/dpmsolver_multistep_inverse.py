@@ -95,7 +95,7 @@ class DPMSolverMultistepInverseScheduler(DPMSolverMultistepBase):
         """Build the ascending inversion schedule. ``device`` is accepted for diffusers compatibility and ignored."""
         cfg = self.config
         n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
-        noisiest = cfg.num_train_timesteps - 1 - clipped_index(self._abar32, cfg.lambda_min_clipped)
+        noisiest = cfg.num_train_timesteps - 1 - clipped_index(self.alphas_cumprod.astype(np.float32), cfg.lambda_min_clipped)
         ts = ascending_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset, noisiest)
         full = self._train_sigmas()
         if self.sigma_schedule is not None:
