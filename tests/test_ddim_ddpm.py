@@ -12,16 +12,20 @@ IDS = [f"{f}-{n}" for f, n in GRID]
 
 
 @pytest.mark.parametrize("family,name", GRID, ids=IDS)
-def test_each_step_matches_diffusers(family, name):
+def test_matches_diffusers_step_by_step_and_over_the_loop(family, name):
     assert max(H.replay(family, name, forced=True)) <= H.STEP_TOL
-
-
-@pytest.mark.parametrize("family,name", GRID, ids=IDS)
-def test_full_loop_matches_diffusers(family, name):
     assert max(H.replay(family, name, forced=False)) <= H.LOOP_TOL
 
 
-@pytest.mark.parametrize("family,name", GRID, ids=IDS)
+# float16 on a subset that still covers every schedule, prediction type, spacing, variance type,
+# thresholding, eta and rank: each float16 loop costs as much as a float32 one.
+HALF = [
+    (f, n) for f, n in GRID
+    if n.endswith("-leading") and f == "ddim" or n.startswith("var-") or n.startswith(("threshold", "eta-", "rank", "zero-snr", "clipped", "custom", "trained"))
+]
+
+
+@pytest.mark.parametrize("family,name", HALF, ids=[f"{f}-{n}" for f, n in HALF])
 def test_float16_loop_is_finite_and_close(family, name):
     assert max(H.replay(family, name, forced=False, compute_dtype=ms.float16)) <= H.HALF_TOL
 
