@@ -143,12 +143,13 @@ def latest_checkpoint(output_dir: Union[str, os.PathLike]) -> Optional[Path]:
 
 def _rank_and_size() -> Tuple[int, int]:
     from mindspore.communication import get_group_size, get_rank, init
+    from mindspore.communication.management import GlobalComm
 
-    try:
-        return get_rank(), get_group_size()
-    except RuntimeError:
+    # get_rank() answers 0 before init() instead of failing, and collectives then crash the
+    # process, so initialise explicitly unless the caller already did.
+    if not GlobalComm.INITED:
         init()
-        return get_rank(), get_group_size()
+    return get_rank(), get_group_size()
 
 
 class DiffusionTrainer:
