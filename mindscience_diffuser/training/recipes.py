@@ -9,7 +9,7 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
-from .datasets import FieldDataset, SyntheticFieldDataset, load_fields
+from .datasets import IMAGE_SUFFIXES, FieldDataset, SyntheticFieldDataset, load_fields
 
 
 def small_unet_config(in_channels: int = 1, sample_size: int = 32) -> Dict:
@@ -60,7 +60,8 @@ def generate_samples(unet, scheduler, num_samples: int, num_inference_steps: int
 
 def cli_train(opts) -> int:
     """The command line's ``train``: builds the data, a UNet (``opts.model_config`` or
-    :func:`small_unet_config`), a DDIM scheduler with ``opts.prediction_type`` and a
+    :func:`small_unet_config`), a DDIM scheduler with ``opts.prediction_type`` (x0 clipping
+    only for image data) and a
     :class:`DiffusionTrainer`, trains ``opts.steps`` steps with checkpoints under ``opts.output``
     (resuming from the newest one with ``opts.resume``) and exports the EMA model as a pipeline
     folder ``opts.output/final``. Returns the exit status."""
@@ -80,7 +81,10 @@ def cli_train(opts) -> int:
 
     ms.set_seed(opts.seed)
     unet = UNet2DModel.from_config(config)
-    scheduler = DDIMScheduler(prediction_type=opts.prediction_type)
+    # Fields are not bounded images: DDIM's default x0 clipping to [-1, 1] would cut their tails.
+    spec = Path(str(opts.data))
+    images = spec.is_dir() or spec.suffix.lower() in IMAGE_SUFFIXES
+    scheduler = DDIMScheduler(prediction_type=opts.prediction_type, clip_sample=images)
     trainer = DiffusionTrainer(
         unet, scheduler,
         learning_rate=opts.learning_rate, batch_size=opts.batch_size, loss=opts.loss,
