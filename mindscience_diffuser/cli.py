@@ -174,7 +174,9 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     out = save_png(Path(opts.output), images, scale=opts.scale)
     if opts.save_npy:
-        save_npy(Path(opts.save_npy), images)
+        # Model space (B, C, H, W) in [-1, 1], like training and reference fields, so the file
+        # goes straight into `evaluate --generated`.
+        save_npy(Path(opts.save_npy), images.transpose(0, 3, 1, 2) * np.float32(2) - np.float32(1))
     print(f"wrote {out} ({len(images)} samples, {opts.pipeline}, {kwargs.get('num_inference_steps', 1)} steps, {seconds:.1f} s)")
     return 0
 
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default 0)")
     p.add_argument("--compute-dtype", dest="compute_dtype", choices=["float32", "float16"], help="default float32")
     p.add_argument("--output", help="PNG path (default samples.png)")
-    p.add_argument("--save-npy", dest="save_npy", help="also save the raw samples (B, H, W, C) in [0, 1]")
+    p.add_argument("--save-npy", dest="save_npy", help="also save the samples as fields (B, C, H, W) in [-1, 1], ready for evaluate")
     p.add_argument("--scale", type=_positive_int("--scale"), help="PNG upscaling factor (default 4)")
     p.set_defaults(handler=cmd_sample, defaults=dict(mode="graph", quiet=False, pipeline="ddim", steps=None, batch_size=16, seed=0, eta=0.0, compute_dtype="float32", output="samples.png", save_npy=None, scale=4, model=None))
 

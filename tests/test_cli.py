@@ -41,8 +41,8 @@ def test_every_sampling_job_file_runs(job, model_dir, tmp_path):
     code = run("sample", "--config", CONFIGS / f"{job}.yaml", "--model", model_dir, "--output", out, "--save-npy", raw,
                "--batch-size", 2, "--mode", "pynative", "--quiet", *steps)
     assert code == 0 and out.stat().st_size > 0
-    images = np.load(raw)
-    assert images.shape == (2, 8, 8, 1) and np.all(np.isfinite(images)) and images.min() >= 0 and images.max() <= 1
+    fields = np.load(raw)
+    assert fields.shape == (2, 1, 8, 8) and np.all(np.isfinite(fields)) and fields.min() >= -1 and fields.max() <= 1
 
 
 def test_flags_override_job_file(model_dir, tmp_path, capsys):
@@ -124,3 +124,36 @@ def test_convert_rejects_a_checkpoint_that_does_not_fit(model_dir, tmp_path, cap
 def test_module_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "mindscience_diffuser", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "sample" in result.stdout and "convert" in result.stdout
+
+
+def test_sample_then_evaluate(model_dir, tmp_path, capsys):
+    generated = tmp_path / "gen.npy"
+    run("sample", "--model", model_dir, "--steps", 2, "--batch-size", 4, "--output", tmp_path / "g.png",
+        "--save-npy", generated, "--mode", "pynative", "--quiet")
+    reference = tmp_path / "ref.npy"
+    np.save(reference, np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32) * 0.3)
+    capsys.readouterr()
+    metrics_file = tmp_path / "metrics.json"
+    assert run("evaluate", "--generated", generated, "--reference", reference, "--output", metrics_file) == 0
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["spectrum_rel_error"] >= 0 and metrics["wasserstein1"] >= 0
+    assert json.loads(capsys.readouterr().out)["histogram_l1"] == metrics["histogram_l1"]
+
+
+def test_train_job_file_runs_a_few_steps(tmp_path):
+    out = tmp_path / "run"
+    code = run("train", "--config", CONFIGS / "train.yaml", "--output", out, "--steps", 2, "--batch-size", 2,
+               "--num-samples", 4, "--resolution", 8, "--checkpoint-every", 2, "--mode", "pynative", "--quiet")
+    assert code == 0
+    assert (out / "final" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "final" / "model_index.json").is_file()
+
+
+def test_invert_and_reconstruct(model_dir, tmp_path, capsys):
+    fields = tmp_path / "fields.npy"
+    np.save(fields, np.random.default_rng(1).uniform(-0.5, 0.5, (2, 1, 8, 8)).astype(np.float32))
+    latents, recon = tmp_path / "latents.npy", tmp_path / "recon.npy"
+    assert run("invert", "--model", model_dir, "--input", fields, "--steps", 4, "--output", latents,
+               "--reconstruct", recon, "--mode", "pynative", "--quiet") == 0
+    assert np.load(latents).shape == (2, 1, 8, 8) and np.load(recon).shape == (2, 1, 8, 8)
+    assert "reconstruction max abs error" in capsys.readouterr().out
