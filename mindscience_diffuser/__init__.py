@@ -20,3 +20,6 @@ from .pipelines import (  # noqa: F401
 )
 
 __version__ = "0.1.0"
+
+#: The pipeline folder (diffusers layout) of the field model that ships with the package.
+DEFAULT_MODEL_PATH = __import__("pathlib").Path(__file__).resolve().parent / "default_model"

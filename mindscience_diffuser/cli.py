@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"  # = mindscience_diffuser.DEFAULT_MODEL_PATH
 PIPELINES = {
     "ddim": ("DDIMPipeline", "DDIMScheduler"),
     "ddpm": ("DDPMPipeline", "DDPMScheduler"),
