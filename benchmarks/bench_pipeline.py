@@ -67,7 +67,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_config(layout: str, batch: int, steps: int, reps: int, theirs, ours) -> dict:
+def bench_config(layout: str, batch: int, steps: int, reps: int, theirs, ours, warm_up_theirs: bool = True) -> dict:
     import torch
 
     def run_theirs():
@@ -78,7 +78,8 @@ def bench_config(layout: str, batch: int, steps: int, reps: int, theirs, ours) -
         ours(batch_size=batch, num_inference_steps=steps, generator=0, output_type="np")
 
     first = timed(run_ours)  # compiles the loop for this (shape, steps)
-    run_theirs()  # warm-up
+    if warm_up_theirs:  # torch compiles nothing; one warm-up per pipeline settles its allocator and threads
+        run_theirs()
     mine, ref = [], []
     for _ in range(reps):
         mine.append(timed(run_ours))
@@ -199,6 +200,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small layout, 1 rep, no memory runs")
     parser.add_argument("--pynative", action="store_true", help="also time our pipeline in PyNative and under ms.jit")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-steps", type=int, help="steps of the peak-memory runs (default: the fewest benchmarked)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--chart", type=Path, help="write the time-per-step chart (PNG) here")
     args = parser.parse_args()
@@ -213,16 +215,16 @@ def main() -> None:
     rows, pyn, memories = [], [], {}
     for layout in args.layouts:
         theirs, ours = build_torch_pipe(layout), build_our_pipe(layout)
-        for steps in args.steps:
-            for batch in args.batches:
-                row = bench_config(layout, batch, steps, args.reps, theirs, ours)
+        for k, steps in enumerate(args.steps):
+            for j, batch in enumerate(args.batches):
+                row = bench_config(layout, batch, steps, args.reps, theirs, ours, warm_up_theirs=(k == 0 and j == 0))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         if args.pynative and layout == args.layouts[0]:
             pyn.append(bench_pynative(layout, args.batches[0], args.steps[0], ours))
             print(json.dumps(pyn[-1]), flush=True)
         if not args.no_memory:
-            key = (layout, max(args.batches), args.steps[0])
+            key = (layout, max(args.batches), args.memory_steps or min(args.steps))
             memories[key] = {side: memory(side, *key) for side in ("ours", "torch")}
             print(json.dumps({"memory": list(key), **memories[key]}), flush=True)
     result = dict(rows=rows, pynative=pyn, memory={"/".join(map(str, k)): v for k, v in memories.items()},

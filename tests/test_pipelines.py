@@ -10,7 +10,6 @@
 - inversion round trip, file layout both ways, scheduler swapping, bad input.
 """
 import json
-import os
 from pathlib import Path
 
 import mindspore as ms
@@ -35,6 +34,7 @@ from mindscience_diffuser import (
 from mindscience_diffuser.configuration import FrozenConfig
 from mindscience_diffuser.models import UNet2DModel
 from mindscience_diffuser.outputs import ImagePipelineOutput
+from mindscience_diffuser.pipelines import loop_class_for
 
 GOLDEN = Path(__file__).parent / "golden" / "pipelines"
 RUNS = json.loads((GOLDEN / "runs.json").read_text())
@@ -358,6 +358,8 @@ def test_swapping_schedulers():
         DDIMPipeline(AnalyticModel(), CMStochasticIterativeScheduler())
     with pytest.raises(TypeError, match="ScoreSdeVeScheduler"):
         ScoreSdeVePipeline(AnalyticModel(), DDIMScheduler())
+    with pytest.raises(TypeError, match="no compiled sampling loop for dict"):
+        loop_class_for({})
 
 
 @pytest.mark.parametrize(

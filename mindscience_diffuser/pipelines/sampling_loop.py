@@ -81,10 +81,6 @@ class SamplingLoop(nn.Cell):
         if self.progress is not None:
             self.progress.update(1)
 
-    def iterations(self, num_steps: int) -> int:
-        """How many loop iterations (model calls) ``num_steps`` scheduler steps take."""
-        return num_steps
-
     # -- host side ---------------------------------------------------------------------------
     def schedule(self, num_inference_steps: int, **options) -> Tuple[np.ndarray, np.ndarray, bool]:
         """Set the scheduler's timesteps and return, per iteration, the model's time
@@ -266,9 +262,6 @@ class ScoreSdeVeLoop(SamplingLoop):
         super().__init__(unet, scheduler)
         self.correct_steps = int(scheduler.config.correct_steps)
 
-    def iterations(self, num_steps: int) -> int:
-        return num_steps * (self.correct_steps + 1)
-
     def schedule(self, num_inference_steps):
         self.scheduler.set_timesteps(num_inference_steps)
         self.scheduler.set_sigmas(num_inference_steps)
@@ -307,5 +300,6 @@ def loop_class_for(scheduler) -> type:
     for cls in LOOPS:
         if isinstance(scheduler, cls.scheduler_types):
             return cls
-    names = sorted({t.__name__ for cls in LOOPS for t in cls.scheduler_types})
+    names = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler",
+             "EulerDiscreteScheduler", "CMStochasticIterativeScheduler", "ScoreSdeVeScheduler"]
     raise TypeError(f"no compiled sampling loop for {type(scheduler).__name__}; supported schedulers: {names}")
