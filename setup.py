@@ -21,7 +21,8 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "test": ["pytest"],
+        # Two workers: PyNative dispatch is single-threaded, so the suite runs ~2x faster on 2 cores.
+        "test": ["pytest", "pytest-xdist"],
         # Reference stack for golden values and benchmarks only; never needed to run the tests.
         "ref": ["torch==2.13.0", "diffusers==0.42.1", "scipy"],
     },
