@@ -52,6 +52,32 @@ def quarter_groups(channels: int) -> int:
     return min(channels // 4, 32)
 
 
+
+def _resnet_options(temb_channels, eps, dropout, act_fn, time_scale_shift, output_scale, dtype) -> dict:
+    """The ResnetBlock2D keywords every resnet of a down or up block shares."""
+    return dict(
+        temb_channels=temb_channels,
+        eps=eps,
+        dropout=dropout,
+        non_linearity=act_fn,
+        time_embedding_norm=time_scale_shift,
+        output_scale_factor=output_scale,
+        dtype=dtype,
+    )
+
+
+def _block_attention(channels, head_dim, skip_style, groups, eps, output_scale, dtype) -> "SpatialSelfAttention":
+    """A block's self-attention: one head of all channels unless ``head_dim`` is set; NCSN++
+    skip blocks normalise with 32 groups whatever the block's own group count."""
+    return SpatialSelfAttention(
+        channels,
+        head_dim if head_dim is not None else channels,
+        norm_num_groups=32 if skip_style else groups,
+        eps=eps,
+        rescale_output_factor=output_scale,
+        dtype=dtype,
+    )
+
 class DownBlock(nn.Cell):
     """One encoder level: ``layers`` × [ResnetBlock2D (→ attention)], then ``downsample``.
 
@@ -83,15 +109,7 @@ class DownBlock(nn.Cell):
     ):
         super().__init__()
         scale = SKIP_SCALE if skip_style else 1.0
-        common = dict(
-            temb_channels=temb_channels,
-            eps=eps,
-            dropout=dropout,
-            non_linearity=act_fn,
-            time_embedding_norm=time_scale_shift,
-            output_scale_factor=scale,
-            dtype=dtype,
-        )
+        common = _resnet_options(temb_channels, eps, dropout, act_fn, time_scale_shift, scale, dtype)
         resnets, attentions = [], []
         for i in range(num_layers):
             c_in = in_channels if i == 0 else out_channels
@@ -101,16 +119,7 @@ class DownBlock(nn.Cell):
                 g, g_out = groups, groups
             resnets.append(ResnetBlock2D(c_in, out_channels, groups=g, groups_out=g_out, **common))
             if attention:
-                attentions.append(
-                    SpatialSelfAttention(
-                        out_channels,
-                        attention_head_dim if attention_head_dim is not None else out_channels,
-                        norm_num_groups=32 if skip_style else groups,
-                        eps=eps,
-                        rescale_output_factor=scale,
-                        dtype=dtype,
-                    )
-                )
+                attentions.append(_block_attention(out_channels, attention_head_dim, skip_style, groups, eps, scale, dtype))
         self.resnets = nn.CellList(resnets)
         self.has_attention = attention
         if attention:
@@ -196,25 +205,10 @@ class UpBlock(nn.Cell):
     ):
         super().__init__()
         scale = SKIP_SCALE if skip_style else 1.0
-        common = dict(
-            temb_channels=temb_channels,
-            eps=eps,
-            dropout=dropout,
-            non_linearity=act_fn,
-            time_embedding_norm=time_scale_shift,
-            output_scale_factor=scale,
-            dtype=dtype,
-        )
+        common = _resnet_options(temb_channels, eps, dropout, act_fn, time_scale_shift, scale, dtype)
 
         def make_attention():
-            return SpatialSelfAttention(
-                out_channels,
-                attention_head_dim if attention_head_dim is not None else out_channels,
-                norm_num_groups=32 if skip_style else groups,
-                eps=eps,
-                rescale_output_factor=scale,
-                dtype=dtype,
-            )
+            return _block_attention(out_channels, attention_head_dim, skip_style, groups, eps, scale, dtype)
 
         resnets = []
         for i in range(num_layers):
