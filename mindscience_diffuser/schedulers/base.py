@@ -307,7 +307,8 @@ class VPSchedulerBase(SchedulerBase):
             return
         values = np.asarray(timestep).reshape(-1)
         allowed = self.timesteps if in_schedule else np.arange(self.config.num_train_timesteps)
-        bad = [v for v in values.tolist() if v not in set(allowed.tolist())]
+        allowed_set = set(allowed.tolist())
+        bad = [v for v in values.tolist() if v not in allowed_set]
         if bad:
             where = "in the schedule set by set_timesteps" if in_schedule else f"in [0, {self.config.num_train_timesteps - 1}]"
             raise ValueError(f"timestep {bad[0]!r} is not {where}: {allowed.tolist()[:12]}{'...' if len(allowed) > 12 else ''}")
