@@ -20,6 +20,7 @@ from mindscience_diffuser.training import (
     SyntheticFieldDataset,
     as_dataset,
     latest_checkpoint,
+    learning_rate_at,
     load_fields,
     snr_weights,
 )
@@ -144,6 +145,17 @@ def test_resume_after_interruption_is_bit_exact(tmp_path, fields):
     assert np.array_equal(params(pipe.unet)["conv_in.weight"], ea["conv_in.weight"])
     assert pipe.scheduler.config.prediction_type == "v_prediction"
 
+    # Shipping another sampler for the same noise schedule: the folder names it and loads it.
+    from mindscience_diffuser import DiffusionPipeline, DPMSolverMultistepScheduler
+
+    sampler = DPMSolverMultistepScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                                          use_lu_lambdas=True)
+    out = straight.save_pretrained(tmp_path / "dpm", pipeline_class="DPMSolverPipeline", scheduler=sampler)
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert type(pipe).__name__ == "DPMSolverPipeline" and pipe.scheduler.config.use_lu_lambdas
+    with pytest.raises(ValueError, match="training noise schedule and prediction_type"):
+        straight.save_pretrained(tmp_path / "bad", scheduler=DPMSolverMultistepScheduler(num_train_timesteps=100))
+
 
 def test_train_step_and_warmup(fields):
     model = HalfModel()
@@ -166,8 +178,53 @@ def test_train_step_and_warmup(fields):
         trainer.train(fields, 1, resume_from="latest")
 
 
+def diffusers_lambda_lr(schedule, step, warmup, total):
+    """diffusers.optimization.get_{linear,cosine}_schedule_with_warmup after the warm-up, written
+    out independently: the multiplier of the peak learning rate at ``step``."""
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + np.cos(np.pi * progress)))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_learning_rate_decay_matches_diffusers_schedules(schedule):
+    peak, warmup, total = 2e-3, 10, 110
+    for step in range(warmup, total + 1):
+        expected = peak * diffusers_lambda_lr(schedule, step, warmup, total)
+        assert learning_rate_at(step, peak, warmup, schedule, total) == pytest.approx(expected, abs=1e-15)
+    # Warm-up: linear from peak/warmup at step 0 (a first step that learns) to peak.
+    assert learning_rate_at(0, peak, warmup, schedule, total) == pytest.approx(peak / warmup)
+    assert learning_rate_at(warmup - 1, peak, warmup, schedule, total) == pytest.approx(peak)
+
+
+def test_warmup_stable_decay_holds_then_decays_over_the_last_steps():
+    peak, total, decay = 1.0, 100, 40
+    lrs = [learning_rate_at(s, peak, 5, "cosine", total, decay) for s in range(total)]
+    assert lrs[5:61] == [peak] * 56
+    assert all(a > b for a, b in zip(lrs[60:], lrs[61:]))
+    assert lrs[80] == pytest.approx(0.5) and lrs[99] == pytest.approx(0.5 * (1 + np.cos(np.pi * 39 / 40)))
+    assert learning_rate_at(150, peak, 5, "linear", total, decay) == 0.0
+    assert learning_rate_at(10**6, peak, 5, "constant") == peak
+
+
+def test_trainer_follows_its_schedule_and_stops_at_its_end(fields):
+    trainer = DiffusionTrainer(HalfModel(), DDPMScheduler(num_train_timesteps=100), batch_size=4, weighting=None,
+                               ema_decay=None, learning_rate=1e-2, lr_schedule="linear", num_training_steps=4, lr_decay_steps=2)
+    seen = []
+    trainer.train(fields, 4, callback=lambda t, loss: seen.append(float(t.optimizer.learning_rate.asnumpy())))
+    np.testing.assert_allclose(seen, [1e-2, 1e-2, 1e-2, 5e-3], rtol=1e-6)
+    with pytest.raises(ValueError, match="num_steps=5 runs past num_training_steps=4"):
+        trainer.train(fields, 5)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(loss="huber"), "loss must be one of"),
+    (dict(lr_schedule="step"), "lr_schedule must be one of"),
+    (dict(lr_schedule="cosine"), "needs num_training_steps"),
+    (dict(lr_schedule="cosine", num_training_steps=10, warmup_steps=4, lr_decay_steps=7), "at most num_training_steps - warmup_steps = 6"),
+    (dict(lr_decay_steps=5), "lr_decay_steps needs lr_schedule"),
+    (dict(lr_schedule="linear", num_training_steps=0), "num_training_steps"),
     (dict(weighting="snr"), "weighting must be one of"),
     (dict(learning_rate=0), "learning_rate"),
     (dict(batch_size=2.5), "batch_size"),

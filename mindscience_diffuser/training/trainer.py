@@ -27,11 +27,37 @@ from .datasets import BatchOrder, FieldDataset, as_dataset
 
 LOSSES = ("mse", "l1")
 WEIGHTINGS = (None, "p2", "min_snr")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 EMA_DIR = "unet_ema"
+
+
+def learning_rate_at(step: int, peak: float, warmup_steps: int = 0, schedule: str = "constant",
+                     num_training_steps: Optional[int] = None, decay_steps: Optional[int] = None) -> float:
+    r"""The learning rate of optimizer step ``step`` (0-based): warm-up, hold, decay.
+
+    Linear warm-up to ``peak`` over ``warmup_steps``, then ``peak`` until the last
+    ``decay_steps`` of ``num_training_steps``, which decay to 0 as
+    ``"linear"``: peak·(1 − u) or ``"cosine"``: peak·(1 + cos πu)/2, with u ∈ [0, 1) the
+    fraction of the decay done. ``decay_steps=None`` decays over every step after the warm-up
+    (diffusers' ``get_scheduler("linear"/"cosine")``); a short final decay after a long constant
+    phase is the warmup-stable-decay schedule (Hu et al. 2024, MiniCPM, §4), which lets a run be
+    extended without restarting its decay.
+    """
+    if warmup_steps and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak
+    if decay_steps is None:
+        decay_steps = num_training_steps - warmup_steps
+    decay_begins = num_training_steps - decay_steps
+    if step < decay_begins:
+        return peak
+    done = min((step - decay_begins) / decay_steps, 1.0)
+    return peak * (1.0 - done) if schedule == "linear" else peak * 0.5 * (1.0 + np.cos(np.pi * done))
 
 
 def snr_weights(alphas_cumprod: np.ndarray, prediction_type: str, weighting: Optional[str],
@@ -160,6 +186,10 @@ class DiffusionTrainer:
         scheduler: a VP scheduler (DDPM, DDIM, DPM-Solver, ...) with ``add_noise``, ``get_velocity``,
             ``alphas_cumprod`` and ``config.prediction_type`` (which picks the regression target).
         learning_rate: Adam's peak learning rate, reached linearly over ``warmup_steps``.
+        lr_schedule: ``"constant"`` (the default), ``"linear"`` or ``"cosine"`` decay to 0 at
+            ``num_training_steps``, over its last ``lr_decay_steps`` (``None``: all steps after
+            the warm-up); see :func:`learning_rate_at`. A decaying schedule needs
+            ``num_training_steps``, and :meth:`train` then refuses to run past it.
         batch_size: fields per optimizer step (per rank when data-parallel).
         loss: ``"mse"`` or ``"l1"``.
         weighting: ``None``, ``"min_snr"`` (γ = ``min_snr_gamma``) or ``"p2"`` (γ = ``p2_gamma``, k = ``p2_k``);
@@ -190,6 +220,9 @@ class DiffusionTrainer:
         weight_decay: float = 0.0,
         max_grad_norm: Optional[float] = 1.0,
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",
+        num_training_steps: Optional[int] = None,
+        lr_decay_steps: Optional[int] = None,
         seed: int = 0,
         output_dir: Optional[Union[str, os.PathLike]] = None,
         checkpoint_every: Optional[int] = None,
@@ -215,6 +248,22 @@ class DiffusionTrainer:
         _check_positive("p2_k", p2_k)
         _check_positive("weight_decay", weight_decay, allow_zero=True)
         _check_positive("warmup_steps", warmup_steps, integer=True, allow_zero=True)
+        check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+        if num_training_steps is not None:
+            _check_positive("num_training_steps", num_training_steps, integer=True)
+        if lr_decay_steps is not None:
+            _check_positive("lr_decay_steps", lr_decay_steps, integer=True)
+        if lr_schedule != "constant":
+            if num_training_steps is None:
+                raise ValueError(f"lr_schedule={lr_schedule!r} needs num_training_steps (the step where the learning rate reaches 0)")
+            room = num_training_steps - warmup_steps
+            if room < 1 or (lr_decay_steps is not None and lr_decay_steps > room):
+                raise ValueError(
+                    f"lr_decay_steps must fit after the warm-up: at most num_training_steps - warmup_steps = {room}, "
+                    f"got lr_decay_steps={lr_decay_steps!r} (num_training_steps={num_training_steps}, warmup_steps={warmup_steps})"
+                )
+        elif lr_decay_steps is not None:
+            raise ValueError("lr_decay_steps needs lr_schedule='linear' or 'cosine'")
         _check_positive("keep_checkpoints", keep_checkpoints, integer=True)
         if max_grad_norm is not None:
             _check_positive("max_grad_norm", max_grad_norm)
@@ -233,6 +282,7 @@ class DiffusionTrainer:
             min_snr_gamma=float(min_snr_gamma), p2_gamma=float(p2_gamma), p2_k=float(p2_k),
             ema_decay=None if ema_decay is None else float(ema_decay), weight_decay=float(weight_decay),
             max_grad_norm=None if max_grad_norm is None else float(max_grad_norm), warmup_steps=int(warmup_steps),
+            lr_schedule=lr_schedule, num_training_steps=num_training_steps, lr_decay_steps=lr_decay_steps,
             seed=int(seed), prediction_type=prediction_type,
         )
         self.batch_size, self.seed = int(batch_size), int(seed)
@@ -294,9 +344,10 @@ class DiffusionTrainer:
         return noise, timesteps
 
     def current_learning_rate(self) -> float:
-        if self.warmup_steps and self.step < self.warmup_steps:
-            return self.learning_rate * (self.step + 1) / self.warmup_steps
-        return self.learning_rate
+        """The learning rate the next optimizer step uses (see :func:`learning_rate_at`)."""
+        h = self.hparams
+        return learning_rate_at(self.step, self.learning_rate, self.warmup_steps, h["lr_schedule"],
+                                h["num_training_steps"], h["lr_decay_steps"])
 
     def train_step(self, batch) -> float:
         """One optimizer step on ``batch`` (a (B, C, H, W) array or Tensor); returns the loss."""
@@ -342,6 +393,9 @@ class DiffusionTrainer:
         a hard kill loses the steps since the last ``checkpoint_every`` checkpoint.
         """
         _check_positive("num_steps", num_steps, integer=True)
+        limit = self.hparams["num_training_steps"]
+        if self.hparams["lr_schedule"] != "constant" and num_steps > limit:
+            raise ValueError(f"num_steps={num_steps} runs past num_training_steps={limit}, where the {self.hparams['lr_schedule']} learning rate has reached 0")
         data = as_dataset(dataset)
         self._check_dataset(data)
         if resume_from is not None:
@@ -404,20 +458,32 @@ class DiffusionTrainer:
         return copy
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], use_ema: bool = True,
-                        pipeline_class: str = "DDIMPipeline") -> Path:
+                        pipeline_class: str = "DDIMPipeline", scheduler=None) -> Path:
         """Write the diffusers pipeline layout: ``model_index.json``, ``unet/`` (config.json +
         diffusion_pytorch_model.safetensors; the EMA weights if ``use_ema``) and
-        ``scheduler/scheduler_config.json``. Returns the directory."""
+        ``scheduler/scheduler_config.json``. Returns the directory.
+
+        ``scheduler``: the sampler to ship with the model (default: the training scheduler). It
+        must share the training noise schedule and ``prediction_type``, which are what the
+        weights were trained for; the sampling options (solver, step spacing) are free.
+        """
         directory = Path(save_directory)
         if directory.is_file():
             raise OSError(f"save_directory must be a directory, but {directory} is a file")
+        scheduler = self.scheduler if scheduler is None else scheduler
+        if scheduler is not self.scheduler:
+            trained = {k: self.scheduler.config.get(k) for k in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")}
+            shipped = {k: scheduler.config.get(k) for k in trained}
+            table = getattr(scheduler, "alphas_cumprod", None)
+            if shipped != trained or table is None or not np.allclose(np.asarray(table), np.asarray(self.scheduler.alphas_cumprod)):
+                raise ValueError(f"scheduler must keep the training noise schedule and prediction_type {trained}, got {shipped}")
         model = self.ema_model() if use_ema else self.model
         model.save_pretrained(directory / "unet")
-        self.scheduler.save_config(directory / "scheduler")
+        scheduler.save_config(directory / "scheduler")
         write_json_atomically(directory / "model_index.json", {
             "_class_name": pipeline_class,
             "_diffusers_version": DIFFUSERS_FORMAT_VERSION,
-            "scheduler": ["diffusers", type(self.scheduler).__name__],
+            "scheduler": ["diffusers", type(scheduler).__name__],
             "unet": ["diffusers", type(self.model).__name__],
         })
         return directory
