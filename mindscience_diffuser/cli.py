@@ -91,6 +91,17 @@ def _model_dir(value: Optional[str]) -> Path:
     return path
 
 
+def _model_pipeline(model: Path) -> str:
+    """The ``--pipeline`` name of the folder's own pipeline (``model_index.json``'s
+    ``_class_name``); ``ddim`` when the folder names none this command line knows."""
+    try:
+        class_name = json.loads((model / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return "ddim"
+    names = {pipeline_name: key for key, (pipeline_name, _) in PIPELINES.items()}
+    return names.get(class_name, "ddim")
+
+
 def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
     import mindspore as ms
 
@@ -161,23 +172,28 @@ def save_npy(path: Path, array: np.ndarray) -> Path:
 
 def cmd_sample(opts: argparse.Namespace) -> int:
     _set_mode(opts.mode)
+    from .pipelines.pipeline_utils import to_images
+
     model = _model_dir(opts.model)
-    pipe = _build_pipeline(model, opts.pipeline, opts.compute_dtype)
+    pipeline = opts.pipeline or _model_pipeline(model)
+    pipe = _build_pipeline(model, pipeline, opts.compute_dtype)
     pipe.set_progress_bar_config(disable=opts.quiet)
-    kwargs: Dict[str, Any] = {"batch_size": opts.batch_size, "generator": opts.seed, "output_type": "np"}
-    if opts.pipeline != "consistency" or opts.steps is not None:
+    kwargs: Dict[str, Any] = {"batch_size": opts.batch_size, "generator": opts.seed, "output_type": "latent"}
+    if pipeline != "consistency" or opts.steps is not None:
         kwargs["num_inference_steps"] = opts.steps or 25
-    if opts.pipeline == "ddim":
+    if pipeline == "ddim":
         kwargs["eta"] = opts.eta
     start = time.perf_counter()
-    images = pipe(**kwargs).images
+    samples = pipe(**kwargs).images
     seconds = time.perf_counter() - start
+    images = to_images(samples, "np", scale_from_signed=pipe.signed_output)
     out = save_png(Path(opts.output), images, scale=opts.scale)
     if opts.save_npy:
-        # Model space (B, C, H, W) in [-1, 1], like training and reference fields, so the file
-        # goes straight into `evaluate --generated`.
-        save_npy(Path(opts.save_npy), images.transpose(0, 3, 1, 2) * np.float32(2) - np.float32(1))
-    print(f"wrote {out} ({len(images)} samples, {opts.pipeline}, {kwargs.get('num_inference_steps', 1)} steps, {seconds:.1f} s)")
+        # Model space (B, C, H, W), unclipped, like training and reference fields, so the file
+        # goes straight into `evaluate --generated`; samplers working in [0, 1] are mapped to [-1, 1].
+        fields = samples.asnumpy() if pipe.signed_output else samples.asnumpy() * np.float32(2) - np.float32(1)
+        save_npy(Path(opts.save_npy), fields)
+    print(f"wrote {out} ({len(images)} samples, {pipeline}, {kwargs.get('num_inference_steps', 1)} steps, {seconds:.1f} s)")
     return 0
 
 
@@ -219,8 +235,7 @@ def cmd_invert(opts: argparse.Namespace) -> int:
     save_npy(Path(opts.output), latents)
     message = f"wrote {opts.output}: latents {latents.shape}"
     if opts.reconstruct:
-        images = pipe(batch_size=len(latents), latents=ms.Tensor(latents), num_inference_steps=opts.steps, output_type="ms").images
-        recon = images.asnumpy() * 2.0 - 1.0  # the pipeline returns [0, 1]; fields live in [-1, 1]
+        recon = pipe(batch_size=len(latents), latents=ms.Tensor(latents), num_inference_steps=opts.steps, output_type="latent").images.asnumpy()
         save_npy(Path(opts.reconstruct), recon)
         message += f"; reconstruction max abs error {float(np.abs(recon - samples).max()):.3e} -> {opts.reconstruct}"
     print(message)
@@ -274,16 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate samples and write a PNG grid")
     _common(p)
     p.add_argument("--model", help="pipeline folder (diffusers layout); default: the shipped field model")
-    p.add_argument("--pipeline", choices=sorted(PIPELINES), help="sampler (default ddim)")
+    p.add_argument("--pipeline", choices=sorted(PIPELINES), help="sampler (default: the model folder's own pipeline, from model_index.json)")
     p.add_argument("--steps", type=_positive_int("--steps"), help="inference steps (default 25)")
     p.add_argument("--batch-size", dest="batch_size", type=_positive_int("--batch-size"), help="samples (default 16)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default 0)")
     p.add_argument("--compute-dtype", dest="compute_dtype", choices=["float32", "float16"], help="default float32")
     p.add_argument("--output", help="PNG path (default samples.png)")
-    p.add_argument("--save-npy", dest="save_npy", help="also save the samples as fields (B, C, H, W) in [-1, 1], ready for evaluate")
+    p.add_argument("--save-npy", dest="save_npy", help="also save the samples as fields (B, C, H, W) in model space, unclipped, ready for evaluate")
     p.add_argument("--scale", type=_positive_int("--scale"), help="PNG upscaling factor (default 4)")
-    p.set_defaults(handler=cmd_sample, defaults=dict(mode="graph", quiet=False, pipeline="ddim", steps=None, batch_size=16, seed=0, eta=0.0, compute_dtype="float32", output="samples.png", save_npy=None, scale=4, model=None))
+    p.set_defaults(handler=cmd_sample, defaults=dict(mode="graph", quiet=False, pipeline=None, steps=None, batch_size=16, seed=0, eta=0.0, compute_dtype="float32", output="samples.png", save_npy=None, scale=4, model=None))
 
     p = sub.add_parser("train", help="train a UNet2DModel on fields or images")
     _common(p)
@@ -379,7 +394,7 @@ def _validate(opts: argparse.Namespace) -> None:
             raise UsageError(f"{key} must be a positive integer, got {value!r}")
     if getattr(opts, "eta", None) is not None and not (isinstance(opts.eta, (int, float)) and 0.0 <= opts.eta <= 1.0):
         raise UsageError(f"eta must be a number in [0, 1], got {opts.eta!r}")
-    if opts.command == "sample" and opts.pipeline not in PIPELINES:
+    if opts.command == "sample" and opts.pipeline is not None and opts.pipeline not in PIPELINES:
         raise UsageError(f"pipeline must be one of {sorted(PIPELINES)}, got {opts.pipeline!r}")
     if getattr(opts, "mode", None) not in ("graph", "pynative"):
         raise UsageError(f"mode must be graph or pynative, got {opts.mode!r}")

@@ -42,7 +42,21 @@ def test_every_sampling_job_file_runs(job, model_dir, tmp_path):
                "--batch-size", 2, "--mode", "pynative", "--quiet", *steps)
     assert code == 0 and out.stat().st_size > 0
     fields = np.load(raw)
-    assert fields.shape == (2, 1, 8, 8) and np.all(np.isfinite(fields)) and fields.min() >= -1 and fields.max() <= 1
+    assert fields.shape == (2, 1, 8, 8) and np.all(np.isfinite(fields))
+
+
+def test_sample_uses_the_folders_own_pipeline_and_saves_unclipped_fields(tmp_path, capsys):
+    folder = tmp_path / "dpm"
+    scheduler = msd.DPMSolverMultistepScheduler(num_train_timesteps=100, use_lu_lambdas=True)
+    msd.DPMSolverPipeline(unet=tiny_unet(), scheduler=scheduler).save_pretrained(folder)
+    raw = tmp_path / "raw.npy"
+    assert run("sample", "--model", folder, "--steps", 3, "--batch-size", 2, "--output", tmp_path / "g.png",
+               "--save-npy", raw, "--mode", "pynative", "--quiet") == 0
+    assert "dpmsolver, 3 steps" in capsys.readouterr().out
+    pipe = msd.DPMSolverPipeline.from_pretrained(folder)
+    expected = pipe(batch_size=2, num_inference_steps=3, generator=0, output_type="latent").images.asnumpy()
+    np.testing.assert_allclose(np.load(raw), expected, rtol=1e-5, atol=1e-6)
+    assert cli._model_pipeline(tmp_path) == "ddim"  # no model_index.json: the DDIM default
 
 
 def test_flags_override_job_file(model_dir, tmp_path, capsys):

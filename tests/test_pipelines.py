@@ -338,6 +338,16 @@ def test_output_types_and_one_channel_fields():
     assert arr.shape == (2, 4, 4, 1) and arr.dtype == np.float32 and 0 <= arr.min() and arr.max() <= 1
     tensor = pipe(batch_size=2, num_inference_steps=2, generator=0, output_type="ms").images
     np.testing.assert_allclose(tensor.asnumpy().transpose(0, 2, 3, 1), arr)
+    # "latent": the same samples in model space, neither rescaled nor clipped.
+    raw = pipe(batch_size=2, num_inference_steps=2, generator=0, output_type="latent").images
+    assert isinstance(raw, ms.Tensor) and raw.dtype == ms.float32 and raw.shape == (2, 1, 4, 4)
+    np.testing.assert_allclose(np.clip(raw.asnumpy() / 2 + 0.5, 0, 1), tensor.asnumpy(), rtol=0, atol=1e-7)
+    unclipped = quiet(DDIMPipeline(AnalyticModel(channels=1), DDIMScheduler(clip_sample=False)))
+    wide = unclipped(batch_size=2, num_inference_steps=2, generator=0, output_type="latent",
+                     latents=np.full((2, 1, 4, 4), 40.0, np.float32)).images.asnumpy()
+    narrow = unclipped(batch_size=2, num_inference_steps=2, generator=0, output_type="ms",
+                       latents=np.full((2, 1, 4, 4), 40.0, np.float32)).images.asnumpy()
+    assert np.abs(wide).max() > 1 and narrow.max() <= 1
     np.testing.assert_allclose(np.asarray(out.images[1], np.float32) / 255, arr[1, ..., 0], atol=1 / 255)
     two = quiet(DDIMPipeline(AnalyticModel(channels=2), DDIMScheduler()))
     assert two(num_inference_steps=2, output_type="np").images.shape == (1, 4, 4, 2)

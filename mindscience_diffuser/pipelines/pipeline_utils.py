@@ -30,7 +30,7 @@ from ..outputs import ImagePipelineOutput
 from ..utils import GeneratorLike, as_numpy_generator, check_choice
 from .sampling_loop import SamplingLoop, loop_class_for
 
-OUTPUT_TYPES = ("pil", "np", "ms")
+OUTPUT_TYPES = ("pil", "np", "ms", "latent")
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
@@ -64,7 +64,10 @@ def numpy_to_pil(images: np.ndarray) -> list:
 def to_images(sample: Tensor, output_type: str, scale_from_signed: bool = True):
     """The final sample (B, C, H, W) as ``output_type``: values mapped x/2 + 0.5 (unless the
     sampler already works in [0, 1]) and clipped to [0, 1]; "np" (B, H, W, C) float32, "pil" a
-    list of PIL images, "ms" a (B, C, H, W) MindSpore Tensor."""
+    list of PIL images, "ms" a (B, C, H, W) MindSpore Tensor. "latent" is the sample itself
+    as a float32 Tensor, neither rescaled nor clipped: a field's values as the model made them."""
+    if output_type == "latent":
+        return sample.astype(ms.float32)
     x = sample.asnumpy().astype(np.float32)
     if scale_from_signed:
         x = x / np.float32(2) + np.float32(0.5)

@@ -40,20 +40,25 @@ def dataset_from_spec(spec: Union[str, os.PathLike], num_samples: int = 2048, si
 
 def generate_samples(unet, scheduler, num_samples: int, num_inference_steps: int = 20, seed: int = 0,
                      batch_size: int = 64) -> np.ndarray:
-    """``num_samples`` fields (N, C, H, W) from ``DDIMPipeline(unet, scheduler)`` (deterministic
-    DDIM, eta = 0), mapped back from the pipeline's [0, 1] images to the model's [-1, 1] range
-    (the pipeline clips there, so train on fields that stay inside [-1, 1])."""
-    from ..pipelines import DDIMPipeline
+    """``num_samples`` fields (N, C, H, W) in model space, unclipped (``output_type="latent"``).
 
-    pipe = DDIMPipeline(unet, scheduler)
+    The scheduler is driven as given: DDIM through ``DDIMPipeline`` (deterministic, eta = 0),
+    DPM-Solver through ``DPMSolverPipeline``, any other VP scheduler through ``DDPMPipeline``.
+    Batches draw their starting noise in turn from one generator seeded with ``seed``.
+    """
+    from .. import pipelines
+
+    pipeline_class = {"DDIMScheduler": pipelines.DDIMPipeline,
+                      "DPMSolverMultistepScheduler": pipelines.DPMSolverPipeline}.get(type(scheduler).__name__, pipelines.DDPMPipeline)
+    pipe = pipeline_class(unet, scheduler)
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(seed)
     chunks = []
     done = 0
     while done < num_samples:
         n = min(batch_size, num_samples - done)
-        images = pipe(batch_size=n, num_inference_steps=num_inference_steps, generator=rng, output_type="np").images
-        chunks.append(np.asarray(images, np.float32).transpose(0, 3, 1, 2) * 2.0 - 1.0)
+        fields = pipe(batch_size=n, num_inference_steps=num_inference_steps, generator=rng, output_type="latent").images
+        chunks.append(fields.asnumpy())
         done += n
     return np.concatenate(chunks)
 
