@@ -8,16 +8,19 @@ output m_i, the noise the step drew, x_{i+1} and x̂0. Two replays check a sched
 - free-running (``forced=False``): the scheduler runs its own loop with the same model,
   written here in MindSpore, so errors compound over the loop (float32: 2e-4 relative;
   float16: 3e-2 and finite).
+
+:func:`golden_tests` builds the four parametrised tests a family module runs on these replays.
 """
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import mindspore as ms
 import numpy as np
+import pytest
 from mindspore import Tensor, ops
 
 import mindscience_diffuser as msd
@@ -121,6 +124,65 @@ def replay(
         assert np.all(np.isfinite(out)), f"{name}: non-finite sample after step {i} ({compute_dtype})"
         errors.append(rel_err(out, rec["samples"][i + 1]))
     return errors
+
+
+class GoldenTests(NamedTuple):
+    """The golden tests of one family; a field is None where the family gave no case list."""
+
+    each_step: Optional[Callable]
+    full_loop: Optional[Callable]
+    float16: Optional[Callable]
+    graph_mode: Optional[Callable]
+
+
+def golden_tests(
+    family: str,
+    *,
+    forced: Optional[Sequence[str]] = None,
+    loops: Optional[Sequence[str]] = None,
+    half: Optional[Sequence[str]] = None,
+    graph: Optional[Sequence[str]] = None,
+) -> GoldenTests:
+    """The four replay tests of ``family``, each parametrised over ``name`` in its case list:
+
+    - ``each_step``: teacher-forced float32 replay of ``forced``, every step within STEP_TOL;
+    - ``full_loop``: free-running float32 replay of ``loops``, within LOOP_TOL;
+    - ``float16``: free-running float16 replay of ``half``, finite and within HALF_TOL;
+    - ``graph_mode``: teacher-forced replay of ``graph`` under GRAPH_MODE (the ``graph_mode``
+      fixture of conftest.py), within STEP_TOL and equal to the PyNative replay to 1e-7.
+
+    pytest collects test functions by their module-level name, so a test module assigns the
+    ones it uses, e.g. ``test_full_loop_matches_diffusers = GOLDEN.full_loop``; a family with
+    its own version of a check leaves that list out and defines the test itself.
+    """
+
+    def replay_test(test_name, names, tol, **replay_kwargs):
+        @pytest.mark.parametrize("name", names)
+        def test(name):
+            errors = replay(family, name, **replay_kwargs)
+            assert max(errors) <= tol, f"{family}/{name}: per-step relative errors {errors} (tolerance {tol})"
+
+        test.__name__ = test.__qualname__ = test_name
+        return test
+
+    def graph_test(names):
+        @pytest.mark.parametrize("name", names)
+        def test_graph_mode_matches_diffusers_and_pynative(graph_mode, name):
+            graph = replay(family, name, forced=True)
+            assert max(graph) <= STEP_TOL, f"{family}/{name}: GRAPH_MODE per-step relative errors {graph}"
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+            np.testing.assert_allclose(graph, replay(family, name, forced=True), atol=1e-7)
+
+        return test_graph_mode_matches_diffusers_and_pynative
+
+    return GoldenTests(
+        each_step=None if forced is None else replay_test("test_each_step_matches_diffusers", forced, STEP_TOL, forced=True),
+        full_loop=None if loops is None else replay_test("test_full_loop_matches_diffusers", loops, LOOP_TOL, forced=False),
+        float16=None if half is None else replay_test(
+            "test_float16_loop_is_finite_and_close", half, HALF_TOL, forced=False, compute_dtype=ms.float16
+        ),
+        graph_mode=None if graph is None else graph_test(graph),
+    )
 
 
 def dummy_sample_deter() -> Tensor:

@@ -12,28 +12,11 @@ FAMILY = "consistency"
 GRID = [c["name"] for c in H.cases(FAMILY) if "recorder" not in c]
 HALF = ["default-10", "one-step", "custom-22-0", "noclip-snoise", "rank5"]
 
-
-@pytest.mark.parametrize("name", GRID)
-def test_each_step_matches_diffusers(name):
-    assert max(H.replay(FAMILY, name, forced=True)) <= H.STEP_TOL
-
-
-@pytest.mark.parametrize("name", GRID)
-def test_full_loop_matches_diffusers(name):
-    assert max(H.replay(FAMILY, name, forced=False)) <= H.LOOP_TOL
-
-
-@pytest.mark.parametrize("name", HALF)
-def test_float16_loop_is_finite_and_close(name):
-    assert max(H.replay(FAMILY, name, forced=False, compute_dtype=ms.float16)) <= H.HALF_TOL
-
-
-@pytest.mark.parametrize("name", ["default-10", "noclip-snoise"])
-def test_graph_mode_matches_diffusers_and_pynative(graph_mode, name):
-    graph = H.replay(FAMILY, name, forced=True)
-    assert max(graph) <= H.STEP_TOL
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    np.testing.assert_allclose(graph, H.replay(FAMILY, name, forced=True), atol=1e-7)
+GOLDEN = H.golden_tests(FAMILY, forced=GRID, loops=GRID, half=HALF, graph=["default-10", "noclip-snoise"])
+test_each_step_matches_diffusers = GOLDEN.each_step
+test_full_loop_matches_diffusers = GOLDEN.full_loop
+test_float16_loop_is_finite_and_close = GOLDEN.float16
+test_graph_mode_matches_diffusers_and_pynative = GOLDEN.graph_mode
 
 
 def test_step_and_scaling_compile_under_jit():

@@ -22,28 +22,11 @@ HALF = [
     "log-linear-v-karras", "exponential", "beta", "continuous-v", "zero-snr-v-trailing", "churn-window", "rank5-v", "default-50",
 ]
 
-
-@pytest.mark.parametrize("name", FORCED)
-def test_each_step_matches_diffusers(name):
-    assert max(H.replay(FAMILY, name, forced=True)) <= H.STEP_TOL
-
-
-@pytest.mark.parametrize("name", LOOPS)
-def test_full_loop_matches_diffusers(name):
-    assert max(H.replay(FAMILY, name, forced=False)) <= H.LOOP_TOL
-
-
-@pytest.mark.parametrize("name", HALF)
-def test_float16_loop_is_finite_and_close(name):
-    assert max(H.replay(FAMILY, name, forced=False, compute_dtype=ms.float16)) <= H.HALF_TOL
-
-
-@pytest.mark.parametrize("name", ["churn-karras-v", "final-sigma-min"])
-def test_graph_mode_matches_diffusers_and_pynative(graph_mode, name):
-    graph = H.replay(FAMILY, name, forced=True)
-    assert max(graph) <= H.STEP_TOL
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    np.testing.assert_allclose(graph, H.replay(FAMILY, name, forced=True), atol=1e-7)
+GOLDEN = H.golden_tests(FAMILY, forced=FORCED, loops=LOOPS, half=HALF, graph=["churn-karras-v", "final-sigma-min"])
+test_each_step_matches_diffusers = GOLDEN.each_step
+test_full_loop_matches_diffusers = GOLDEN.full_loop
+test_float16_loop_is_finite_and_close = GOLDEN.float16
+test_graph_mode_matches_diffusers_and_pynative = GOLDEN.graph_mode
 
 
 def test_step_and_scaling_compile_under_jit():
