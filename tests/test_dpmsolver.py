@@ -136,6 +136,26 @@ def test_step_index_begin_index_and_duplicate_timesteps():
     assert sched.model_outputs[0] is None and sched.model_outputs[1].shape == x.shape
 
 
+def test_step_keeps_its_index_on_the_host_and_never_reads_the_device(monkeypatch):
+    # Eager loops call step() once per timestep: checking the index against the schedule must not
+    # cost a device-to-host read of the state. Every way of reading a Tensor back is counted.
+    name = "fwd-dpmsolver++-midpoint-o3"
+    sched, rec = H.build(H.find_case(FAMILY, name)), H.record(FAMILY, name)
+    reads = []
+    for method in ("asnumpy", "item", "tolist", "__int__", "__float__", "__bool__", "__index__"):
+        original = getattr(Tensor, method)
+        monkeypatch.setattr(Tensor, method, lambda self, *a, _m=method, _f=original, **k: reads.append(_m) or _f(self, *a, **k))
+    x = Tensor(rec["samples"][0])
+    for i in range(4):
+        x = sched.step(Tensor(rec["model_outputs"][i]), x, int(sched.timesteps[i]))
+        assert sched.step_index == i + 1
+    assert reads == [], f"step() or step_index read Tensors back to the host: {reads}"
+    monkeypatch.undo()
+    # The host index agrees with the device state the compiled step carries.
+    assert int(sched._state[0].asnumpy()) == sched.step_index == 4 and sched.lower_order_nums == 3
+    assert H.rel_err(x.asnumpy(), rec["samples"][4]) <= H.LOOP_TOL
+
+
 def test_building_blocks_reproduce_diffusers_steps():
     name = "fwd-dpmsolver++-heun-o3"
     sched, rec = H.build(H.find_case(FAMILY, name)), H.record(FAMILY, name)

@@ -228,7 +228,8 @@ class DPMSolverMultistepBase(VPSchedulerBase):
     ``(solver_order,) + sample.shape``. :meth:`construct` maps ``(model_output, sample, noise,
     state)`` to ``(prev_sample, pred_original_sample, new_state)`` and never branches on Tensor
     values, so it compiles alone or inside a ``while`` loop. :meth:`step` keeps the state on the
-    object for diffusers-style loops.
+    object for diffusers-style loops, together with a host copy of its step index (as the σ-table
+    schedulers keep theirs), so an eager step checks the index without reading the device.
     """
 
     order = 1
@@ -299,6 +300,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         self.stochastic = algorithm_type.startswith("sde-")
         self.sigmas = None
         self._state: Optional[DPMState] = None
+        self._step_index: Optional[int] = None  # == int(self._state[0]) whenever _state is set
 
     # -- schedule ------------------------------------------------------------------------------
     def _install_knots(self, timesteps: np.ndarray, sigmas: np.ndarray, orders: np.ndarray) -> None:
@@ -317,6 +319,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         # One (M, 11) table: a step gathers its whole row with one op.
         self._set_table("step_table", np.stack([columns[name] for name in COLUMNS], axis=1).astype(np.float32))
         self._state = None
+        self._step_index = None
         self._begin_index = None
 
     def _train_sigmas(self) -> np.ndarray:
@@ -343,8 +346,9 @@ class DPMSolverMultistepBase(VPSchedulerBase):
 
     @property
     def step_index(self) -> Optional[int]:
-        """The index of the next step in ``timesteps`` (None until the first ``step``)."""
-        return None if self._state is None else int(self._state[0].asnumpy())
+        """The index of the next step in ``timesteps`` (None until the first ``step``); read from the
+        host copy, without a device sync."""
+        return self._step_index
 
     @property
     def lower_order_nums(self) -> int:
@@ -424,17 +428,18 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         value = values[0].item()
         return int(value) if float(value).is_integer() else value
 
-    def _resolve_state(self, sample: Tensor, timestep: TimestepLike) -> DPMState:
+    def _resolve_state(self, sample: Tensor, timestep: TimestepLike) -> Tuple[DPMState, int]:
+        """The state this step starts from and its step index, a host int (no device read)."""
         index = self.index_for_timestep(timestep)
-        state = self._state
+        state, step_index = self._state, self._step_index
         if state is None or tuple(state[2].shape[1:]) != tuple(sample.shape):
             if state is not None:
                 raise ValueError(f"sample shape {tuple(sample.shape)} changed mid-loop (was {tuple(state[2].shape[1:])}); call set_timesteps again")
-            state = self.initial_state(sample, self._begin_index if self._begin_index is not None else index)
-        step_index = int(state[0].asnumpy())
+            step_index = self._begin_index if self._begin_index is not None else index
+            state = self.initial_state(sample, step_index)
         if step_index >= self.num_inference_steps:
             raise ValueError(f"all {self.num_inference_steps} steps are done; call set_timesteps again to start a new loop")
-        return state
+        return state, step_index
 
     def step(
         self,
@@ -454,7 +459,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         """
         self._check_ready()
         self._check_tensors(model_output, sample, channel_multiple=(2,) if self.variance_type else (1,))
-        state = self._resolve_state(sample, timestep)
+        state, index = self._resolve_state(sample, timestep)
         if self.stochastic:
             noise = self._noise_like(sample, generator, variance_noise)
         else:
@@ -462,6 +467,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         # mutable: a tuple of Tensors is otherwise a compile-time constant in GRAPH_MODE (one graph per step).
         prev, x0, new_state = self(self._out(model_output), self._out(sample), noise, ms.mutable(tuple(state)))
         self._state = tuple(new_state)
+        self._step_index = index + 1  # what construct wrote into new_state[0]
         return self._pack(return_dict, SchedulerOutput, prev, x0)
 
     # -- diffusers' building blocks, at the current step index -----------------------------------
@@ -470,7 +476,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         self._check_ready()
         if self._state is None and self._begin_index is None:
             raise ValueError("step_index is not set: call step once, or set_begin_index, before the solver building blocks")
-        index = int(self._state[0].asnumpy()) if self._state is not None else self._begin_index
+        index = self._step_index if self._state is not None else self._begin_index
         if index >= self.num_inference_steps:
             raise ValueError(f"all {self.num_inference_steps} steps are done; call set_timesteps again")
         if order > 1 and (index < order - 1 or int(self.order_table.asnumpy()[index]) < order):
