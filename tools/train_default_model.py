@@ -42,6 +42,7 @@ DOCS = ROOT / "docs"
 FIELDS = dict(kind="grf", size=32, spectrum=2.5, std=0.3)
 NUM_TRAIN, TRAIN_SEED = 4096, 0
 NUM_HELDOUT, HELDOUT_SEED = 512, 1
+TRUE_SET_SEED = 2  # another set of true fields, for the floor of each figure
 # The noise schedule the model is trained for ...
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
 # ... and the sampler it ships with: DPM-Solver++(2M) with steps uniform in log-SNR. Deterministic
@@ -94,9 +95,14 @@ def cmd_export(args, trainer: DiffusionTrainer = None) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    if args.write and args.sampler != "shipped":
+        raise SystemExit("--write records the shipped sampler's figures; drop --sampler or --write")
     ms.set_context(mode=ms.GRAPH_MODE)
     pipe = DiffusionPipeline.from_pretrained(args.model)
     unet, scheduler = pipe.unet, pipe.scheduler
+    if args.sampler == "ddim":
+        # The sampler the model shipped with before: deterministic DDIM on the training schedule.
+        scheduler = DDIMScheduler(**SCHEDULER)
     # Warm-up call: compiles the sampling loop once, so the timing below is sampling only.
     generate_samples(unet, scheduler, args.batch, num_inference_steps=args.steps, seed=123, batch_size=args.batch)
     begun = time.time()
@@ -108,8 +114,12 @@ def cmd_evaluate(args) -> None:
     generate_samples(unet, scheduler, 16, num_inference_steps=args.steps, seed=8, batch_size=16)
     seconds_16 = time.time() - small
     result = evaluate(generated, heldout_fields())
+    # What two finite sets of *true* fields score against each other: the best reachable figure.
+    true_fields = SyntheticFieldDataset(num_samples=args.samples, seed=TRUE_SET_SEED, **FIELDS).data
+    floor = evaluate(true_fields, heldout_fields())
     figures = {k: v for k, v in result.items() if not isinstance(v, list)}
-    figures.update(num_generated=args.samples, num_inference_steps=args.steps, sampling_seconds=round(seconds, 2),
+    figures.update({f"true_set_{k}": round(v, 5) for k, v in floor.items() if k in ("spectrum_rel_error", "spectrum_max_rel_error", "wasserstein1", "histogram_l1")})
+    figures.update(sampler=type(scheduler).__name__, num_generated=args.samples, num_inference_steps=args.steps, sampling_seconds=round(seconds, 2),
                    seconds_per_batch=round(seconds / -(-args.samples // args.batch), 2), batch_size=args.batch,
                    seconds_for_16_fields=round(seconds_16, 2))
     print(json.dumps(figures, indent=2), flush=True)
@@ -137,6 +147,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=SAMPLE_STEPS)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=["shipped", "ddim"], default="shipped",
+                   help="the folder's own sampler, or deterministic DDIM on the training schedule (for comparison)")
     p.add_argument("--write", action="store_true", help="write the metrics JSON and the spectrum plot into docs/")
     p.set_defaults(handler=cmd_evaluate)
     args = parser.parse_args()
