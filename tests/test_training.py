@@ -157,6 +157,45 @@ def test_resume_after_interruption_is_bit_exact(tmp_path, fields):
         straight.save_pretrained(tmp_path / "bad", scheduler=DPMSolverMultistepScheduler(num_train_timesteps=100))
 
 
+SIGNAL_SCRIPT = """
+import os, signal, sys
+import numpy as np
+import mindspore as ms
+from mindscience_diffuser import DDPMScheduler, UNet2DModel
+from mindscience_diffuser.training import DiffusionTrainer
+
+ms.set_seed(0)
+unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,), layers_per_block=1,
+                   down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=4)
+trainer = DiffusionTrainer(unet, DDPMScheduler(num_train_timesteps=100), batch_size=2, output_dir=sys.argv[1], checkpoint_every=1000)
+
+def interrupt_at_step_3(trainer, loss):
+    print("finished step", trainer.step, flush=True)
+    if trainer.step == 3:
+        os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+
+trainer.train(np.zeros((4, 1, 8, 8), np.float32), 1000, callback=interrupt_at_step_3)
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_after_the_step_in_flight_and_checkpoints_it(tmp_path, signal_name):
+    """Ctrl-C or a scheduler's SIGTERM mid-run: the step finishes, checkpoint-3 is written, the
+    process exits non-zero and no later step runs (before, MindSpore's runtime ended the process
+    on the spot and every step since the last periodic checkpoint was lost)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(SIGNAL_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), signal_name], capture_output=True, text=True, timeout=300)
+    steps = [int(line.split()[-1]) for line in run.stdout.splitlines() if line.startswith("finished step")]
+    assert run.returncode != 0 and steps == [1, 2, 3], (run.returncode, run.stdout, run.stderr[-2000:])
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    assert checkpoint is not None and checkpoint.name == "checkpoint-3"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 3
+
+
 def test_train_step_and_warmup(fields):
     model = HalfModel()
     model.config = {"in_channels": 1}

@@ -9,9 +9,12 @@ down the rest of the run exactly: resuming reproduces the uninterrupted run's we
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -33,6 +36,28 @@ CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 EMA_DIR = "unet_ema"
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """While training, SIGINT (Ctrl-C) and SIGTERM only *request* a stop: the list it yields
+    receives the signal number, and the loop ends after the step in flight. A signal arriving in
+    the middle of a compiled step would otherwise end the process there (MindSpore's runtime
+    replaces Python's SIGINT handling), with no checkpoint of the steps since the last one.
+    Outside the main thread signals cannot be caught, and nothing changes."""
+    received: List[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            if handler is None:  # installed outside Python: fall back to Python's own default
+                handler = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            signal.signal(signum, handler)
 
 
 def learning_rate_at(step: int, peak: float, warmup_steps: int = 0, schedule: str = "constant",
@@ -290,6 +315,7 @@ class DiffusionTrainer:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, int(keep_checkpoints)
         self.step = 0
+        self._saved_step: Optional[int] = None  # step of the last checkpoint the running train() wrote
         self.history: List[Tuple[int, float]] = []
         self._order: Optional[BatchOrder] = None
         self._pending_order_state: Optional[dict] = None
@@ -388,9 +414,11 @@ class DiffusionTrainer:
         ``resume_from``: a checkpoint directory, or ``"latest"`` for the newest one in
         ``output_dir`` (a fresh start if there is none). ``callback(trainer, loss)`` runs after
         every step. ``stop_after`` / ``max_seconds``: stop early after this many steps / seconds of
-        this call. Every way of stopping early (those two, Ctrl-C) writes a checkpoint of the last
-        finished step first when ``output_dir`` is set, so a resumed run loses no finished step;
-        a hard kill loses the steps since the last ``checkpoint_every`` checkpoint.
+        this call. Every way of stopping early writes a checkpoint of the last finished step first
+        when ``output_dir`` is set, so a resumed run loses no finished step: those two, an
+        exception, and SIGINT (Ctrl-C) or SIGTERM, which let the step in flight finish and then
+        raise ``KeyboardInterrupt`` / ``SystemExit(128 + signal)``. A hard kill (SIGKILL) loses
+        the steps since the last ``checkpoint_every`` checkpoint.
         """
         _check_positive("num_steps", num_steps, integer=True)
         limit = self.hparams["num_training_steps"]
@@ -415,29 +443,38 @@ class DiffusionTrainer:
         if max_seconds is not None:
             _check_positive("max_seconds", max_seconds)
         start, begun = self.step, time.time()
-        saved_at = None
-        try:
-            while self.step < num_steps:
-                if stop_after is not None and self.step - start >= stop_after:
-                    break
-                if max_seconds is not None and time.time() - begun >= max_seconds:
-                    break
-                # Draw the batch only after the checks above: drawing advances the data order.
-                loss = self.train_step(data.data[self._order.next_indices()])
-                if callback is not None:
-                    callback(self, loss)
-                if log_every and self.step % log_every == 0 and self.rank == 0:
-                    recent = [v for _, v in self.history[-log_every:]]
-                    rate = (time.time() - begun) / max(self.step - start, 1)
-                    print(f"step {self.step}/{num_steps}  loss {np.mean(recent):.5f}  {rate:.2f} s/step", flush=True)
-                if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.output_dir is not None:
+        self._saved_step = None
+        with _stop_requests() as signals:
+            try:
+                self._train_loop(data, num_steps, start, begun, signals, log_every, callback, stop_after, max_seconds)
+            finally:
+                # Also on an exception: the last finished step is saved before it propagates.
+                if self.output_dir is not None and self.step > start and self._saved_step != self.step:
                     self.save_checkpoint()
-                    saved_at = self.step
-        finally:
-            # Also on Ctrl-C: the last finished step is saved before the exception propagates.
-            if self.output_dir is not None and self.step > start and saved_at != self.step:
-                self.save_checkpoint()
+        if signals:
+            if signals[0] == signal.SIGINT:
+                raise KeyboardInterrupt(f"training stopped by SIGINT after step {self.step}")
+            raise SystemExit(128 + signals[0])
         return self.history
+
+    def _train_loop(self, data, num_steps, start, begun, signals, log_every, callback, stop_after, max_seconds) -> None:
+        """The loop of :meth:`train`, until ``num_steps``, a stop condition or a stop request in ``signals``."""
+        while self.step < num_steps and not signals:
+            if stop_after is not None and self.step - start >= stop_after:
+                break
+            if max_seconds is not None and time.time() - begun >= max_seconds:
+                break
+            # Draw the batch only after the checks above: drawing advances the data order.
+            loss = self.train_step(data.data[self._order.next_indices()])
+            if callback is not None:
+                callback(self, loss)
+            if log_every and self.step % log_every == 0 and self.rank == 0:
+                recent = [v for _, v in self.history[-log_every:]]
+                rate = (time.time() - begun) / max(self.step - start, 1)
+                print(f"step {self.step}/{num_steps}  loss {np.mean(recent):.5f}  {rate:.2f} s/step", flush=True)
+            if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.output_dir is not None:
+                self.save_checkpoint()
+                self._saved_step = self.step
 
     # ---- EMA / export ---------------------------------------------------------------------
 
