@@ -119,7 +119,8 @@ class SchedulerBase(nn.Cell, ConfigMixin):
             existing.set_data(tensor, slice_shape=True)
 
     def _cast(self, x: Tensor) -> Tensor:
-        return x.astype(self.compute_dtype)
+        """``x`` in ``compute_dtype``; no cast op when it already is (a static check, as in :func:`as_float32`)."""
+        return x if x.dtype == self.compute_dtype else x.astype(self.compute_dtype)
 
     # -- host-side argument handling ---------------------------------------------------------
     def _check_ready(self) -> None:

@@ -376,9 +376,6 @@ class DPMSolverMultistepBase(VPSchedulerBase):
             model_output = model_output[:, : sample.shape[1]]
         return convert_model_output(self.algorithm_type, self.prediction_type, model_output, sample, alpha_s0, sigma_s0, sigma_raw, self._threshold)
 
-    def _out(self, x: Tensor) -> Tensor:
-        return x if x.dtype == self.compute_dtype else x.astype(self.compute_dtype)
-
     def construct(self, model_output: Tensor, sample: Tensor, noise: Tensor, state: DPMState):
         """One multistep DPM-Solver step: ``(prev_sample, pred_original_sample, new_state)``.
 
@@ -402,7 +399,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         # Counts up to solver_order; written as Tensor arithmetic so a while loop keeps it a Tensor.
         new_count = lower_order_nums + (lower_order_nums < self.solver_order).astype(ms.int32)
         new_state = (index + 1, new_count, new_history)
-        return self._out(prev), self._out(x0), new_state
+        return self._cast(prev), self._cast(x0), new_state
 
     # -- host API --------------------------------------------------------------------------------
     def index_for_timestep(self, timestep: TimestepLike) -> int:
@@ -465,7 +462,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         else:
             noise = self._zeros_like(sample)
         # mutable: a tuple of Tensors is otherwise a compile-time constant in GRAPH_MODE (one graph per step).
-        prev, x0, new_state = self(self._out(model_output), self._out(sample), noise, ms.mutable(tuple(state)))
+        prev, x0, new_state = self(self._cast(model_output), self._cast(sample), noise, ms.mutable(tuple(state)))
         self._state = tuple(new_state)
         self._step_index = index + 1  # what construct wrote into new_state[0]
         return self._pack(return_dict, SchedulerOutput, prev, x0)
@@ -487,7 +484,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         """The solver's parametrisation of ``model_output`` at the current step index: x̂0 for
         the ++ variants, ε̂ otherwise (thresholded when ``thresholding``)."""
         _, alpha_s0, sigma_s0, sigma_raw = self._current_knots()
-        return self._out(self._converted(as_float32(model_output), as_float32(sample), alpha_s0, sigma_s0, sigma_raw))
+        return self._cast(self._converted(as_float32(model_output), as_float32(sample), alpha_s0, sigma_s0, sigma_raw))
 
     def _block_noise(self, noise):
         if not self.stochastic:
@@ -499,14 +496,14 @@ class DPMSolverMultistepBase(VPSchedulerBase):
     def dpm_solver_first_order_update(self, model_output: Tensor, sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """First-order step from the current step index with a converted ``model_output``."""
         coefs = self._current_knots()[0]
-        return self._out(first_order_update(coefs, as_float32(sample), as_float32(model_output), self._block_noise(noise)))
+        return self._cast(first_order_update(coefs, as_float32(sample), as_float32(model_output), self._block_noise(noise)))
 
     def multistep_dpm_solver_second_order_update(self, model_output_list: Sequence[Tensor], sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """Second-order multistep step; ``model_output_list`` ends with the newest converted output."""
         coefs = self._current_knots(order=2)[0]
         m0, m1 = (as_float32(m) for m in (model_output_list[-1], model_output_list[-2]))
         first = first_order_update(coefs, as_float32(sample), m0, self._block_noise(noise))
-        return self._out(second_order_update(coefs, first, m0, m1))
+        return self._cast(second_order_update(coefs, first, m0, m1))
 
     def multistep_dpm_solver_third_order_update(self, model_output_list: Sequence[Tensor], sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """Third-order multistep step; ``model_output_list`` ends with the newest converted output."""
@@ -515,7 +512,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         coefs = self._current_knots(order=3)[0]
         m0, m1, m2 = (as_float32(m) for m in (model_output_list[-1], model_output_list[-2], model_output_list[-3]))
         first = first_order_update(coefs, as_float32(sample), m0, self._block_noise(noise))
-        return self._out(third_order_update(coefs, first, m0, m1, m2))
+        return self._cast(third_order_update(coefs, first, m0, m1, m2))
 
     # -- noise -----------------------------------------------------------------------------------
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
