@@ -52,9 +52,8 @@ def quarter_groups(channels: int) -> int:
     return min(channels // 4, 32)
 
 
-
 def _resnet_options(temb_channels, eps, dropout, act_fn, time_scale_shift, output_scale, dtype) -> dict:
-    """The ResnetBlock2D keywords every resnet of a down or up block shares."""
+    """The ResnetBlock2D keywords every resnet of a down, mid or up block shares."""
     return dict(
         temb_channels=temb_channels,
         eps=eps,
@@ -77,6 +76,7 @@ def _block_attention(channels, head_dim, skip_style, groups, eps, output_scale, 
         rescale_output_factor=output_scale,
         dtype=dtype,
     )
+
 
 class DownBlock(nn.Cell):
     """One encoder level: ``layers`` × [ResnetBlock2D (→ attention)], then ``downsample``.
@@ -304,17 +304,8 @@ class UNetMidBlock2D(nn.Cell):
         resnet_groups = resnet_groups if resnet_groups is not None else quarter_groups(in_channels)
         if attn_groups is None:
             attn_groups = resnet_groups if time_scale_shift == "default" else None
-        common = dict(
-            temb_channels=temb_channels,
-            groups=resnet_groups,
-            eps=eps,
-            dropout=dropout,
-            non_linearity=act_fn,
-            time_embedding_norm=time_scale_shift,
-            output_scale_factor=output_scale_factor,
-            dtype=dtype,
-        )
-        self.resnets = nn.CellList([ResnetBlock2D(in_channels, in_channels, **common) for _ in range(2)])
+        common = _resnet_options(temb_channels, eps, dropout, act_fn, time_scale_shift, output_scale_factor, dtype)
+        self.resnets = nn.CellList([ResnetBlock2D(in_channels, in_channels, groups=resnet_groups, **common) for _ in range(2)])
         self.add_attention = bool(add_attention)
         if self.add_attention:
             self.attentions = nn.CellList(
