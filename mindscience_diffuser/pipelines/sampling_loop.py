@@ -40,7 +40,8 @@ from mindspore import Tensor, nn, ops
 from ..schedulers.consistency_models import CMStochasticIterativeScheduler
 from ..schedulers.ddim import DDIMScheduler
 from ..schedulers.ddpm import DDPMScheduler
-from ..schedulers.dpmsolver_common import DPMSolverMultistepBase
+from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
+from ..schedulers.dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
 from ..schedulers.euler_discrete import EulerDiscreteScheduler
 from ..schedulers.score_sde_ve import ScoreSdeVeScheduler
 
@@ -166,7 +167,7 @@ class DPMSolverLoop(SamplingLoop):
     history of converted outputs) is carried as three separate loop variables (MindSpore 2.8
     cannot join a loop-carried tuple whose elements are rebuilt in the body)."""
 
-    scheduler_types = (DPMSolverMultistepBase,)
+    scheduler_types = (DPMSolverMultistepScheduler, DPMSolverMultistepInverseScheduler)
 
     def __init__(self, unet, scheduler):
         super().__init__(unet, scheduler)
@@ -300,6 +301,5 @@ def loop_class_for(scheduler) -> type:
     for cls in LOOPS:
         if isinstance(scheduler, cls.scheduler_types):
             return cls
-    names = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler",
-             "EulerDiscreteScheduler", "CMStochasticIterativeScheduler", "ScoreSdeVeScheduler"]
+    names = [t.__name__ for cls in LOOPS for t in cls.scheduler_types]
     raise TypeError(f"no compiled sampling loop for {type(scheduler).__name__}; supported schedulers: {names}")
