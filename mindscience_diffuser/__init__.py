@@ -1,4 +1,6 @@
 """mindscience_diffuser: MindSpore-native diffusion schedulers, UNet and graph-compiled pipelines."""
+from pathlib import Path as _Path
+
 from .configuration import ConfigMixin, FrozenConfig, register_to_config
 from .outputs import (
     CMStochasticIterativeSchedulerOutput,
@@ -22,4 +24,4 @@ from .pipelines import (  # noqa: F401
 __version__ = "0.1.0"
 
 #: The pipeline folder (diffusers layout) of the field model that ships with the package.
-DEFAULT_MODEL_PATH = __import__("pathlib").Path(__file__).resolve().parent / "default_model"
+DEFAULT_MODEL_PATH = _Path(__file__).resolve().parent / "default_model"

@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"  # = mindscience_diffuser.DEFAULT_MODEL_PATH
+from . import DEFAULT_MODEL_PATH
+
 PIPELINES = {
     "ddim": ("DDIMPipeline", "DDIMScheduler"),
     "ddpm": ("DDPMPipeline", "DDPMScheduler"),
@@ -85,7 +86,7 @@ def _load_array(path: Path) -> np.ndarray:
 
 
 def _model_dir(value: Optional[str]) -> Path:
-    path = Path(value) if value else DEFAULT_MODEL
+    path = Path(value) if value else DEFAULT_MODEL_PATH
     if not (path / "unet" / "config.json").is_file():
         raise UsageError(f"--model must be a pipeline folder with unet/config.json (diffusers layout); {path} has none")
     return path
@@ -94,10 +95,10 @@ def _model_dir(value: Optional[str]) -> Path:
 def _model_pipeline(model: Path) -> str:
     """The ``--pipeline`` name of the folder's own pipeline (``model_index.json``'s
     ``_class_name``); ``ddim`` when the folder names none this command line knows."""
-    try:
-        class_name = json.loads((model / "model_index.json").read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        return "ddim"
+    from .configuration import _read_json
+
+    index = model / "model_index.json"
+    class_name = _read_json(index).get("_class_name") if index.is_file() else None
     names = {pipeline_name: key for key, (pipeline_name, _) in PIPELINES.items()}
     return names.get(class_name, "ddim")
 

@@ -18,7 +18,7 @@ from mindscience_diffuser.training import (
 )
 from mindscience_diffuser.training.fields import power_law_spectrum, wavenumber_grid
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "mindscience_diffuser" / "default_model"
+from mindscience_diffuser import DEFAULT_MODEL_PATH as DEFAULT_MODEL
 
 
 def test_grf_has_the_prescribed_spectrum_and_std():
