@@ -42,15 +42,13 @@ def generate_samples(unet, scheduler, num_samples: int, num_inference_steps: int
                      batch_size: int = 64) -> np.ndarray:
     """``num_samples`` fields (N, C, H, W) in model space, unclipped (``output_type="latent"``).
 
-    The scheduler is driven as given: DDIM through ``DDIMPipeline`` (deterministic, eta = 0),
-    DPM-Solver through ``DPMSolverPipeline``, any other VP scheduler through ``DDPMPipeline``.
-    Batches draw their starting noise in turn from one generator seeded with ``seed``.
+    ``DDPMPipeline`` drives the scheduler as given, with that scheduler's own sampling loop
+    (DDIM deterministic, eta = 0; DPM-Solver; DDPM; Euler). Batches draw their starting noise in
+    turn from one generator seeded with ``seed``.
     """
-    from .. import pipelines
+    from ..pipelines import DDPMPipeline
 
-    pipeline_class = {"DDIMScheduler": pipelines.DDIMPipeline,
-                      "DPMSolverMultistepScheduler": pipelines.DPMSolverPipeline}.get(type(scheduler).__name__, pipelines.DDPMPipeline)
-    pipe = pipeline_class(unet, scheduler)
+    pipe = DDPMPipeline(unet, scheduler)
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(seed)
     chunks = []
