@@ -34,7 +34,7 @@ from mindscience_diffuser import (
 from mindscience_diffuser.configuration import FrozenConfig
 from mindscience_diffuser.models import UNet2DModel
 from mindscience_diffuser.outputs import ImagePipelineOutput
-from mindscience_diffuser.pipelines import loop_class_for
+from mindscience_diffuser.pipelines import SamplingLoop
 
 GOLDEN = Path(__file__).parent / "golden" / "pipelines"
 RUNS = json.loads((GOLDEN / "runs.json").read_text())
@@ -287,6 +287,40 @@ def test_pynative_graph_and_jit_give_the_same_images():
     assert eager.shape == (2, 8, 8, 1)
 
 
+ONE_LOOP_CASES = {
+    "ddim-eta-clipped": (lambda: DDIMPipeline(AnalyticModel(), DDIMScheduler()), dict(eta=0.6, use_clipped_model_output=True)),
+    "ddpm": (lambda: DDPMPipeline(AnalyticModel(), DDPMScheduler(num_train_timesteps=100)), {}),
+    "dpm-sde-o2": (lambda: DPMSolverPipeline(AnalyticModel(), DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")), {}),
+    "dpm-o3": (lambda: DPMSolverPipeline(AnalyticModel(), DPMSolverMultistepScheduler(solver_order=3, lower_order_final=False)), {}),
+    "euler-karras": (lambda: DDPMPipeline(AnalyticModel(), EulerDiscreteScheduler(use_karras_sigmas=True)), {}),
+    "consistency": (lambda: ConsistencyModelPipeline(AnalyticModel(num_class_embeds=4), CMStochasticIterativeScheduler()), dict(class_labels=[1, 3])),
+    "sde-ve-pc": (lambda: ScoreSdeVePipeline(AnalyticModel(), ScoreSdeVeScheduler(sigma_max=50.0, correct_steps=1)), {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONE_LOOP_CASES))
+def test_every_scheduler_runs_the_one_loop_alike_in_every_mode(case):
+    """The same seed through the one SamplingLoop: PyNative, GRAPH_MODE and ms.jit agree for every
+    scheduler family (stochastic ones included), and the graph compiles once."""
+    make, kwargs = ONE_LOOP_CASES[case]
+    pipe = quiet(make())
+    call = dict(batch_size=2, generator=11, num_inference_steps=4, output_type="latent", **kwargs)
+    eager = pipe(**call).images.asnumpy()
+    pipe.use_jit = True
+    jitted = pipe(**call).images.asnumpy()
+    pipe.use_jit = False
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        graph = pipe(**call).images.asnumpy()
+        pipe(**call)
+        assert [len(loop.compile_cache) for loop in pipe._loops.values()] == [1]
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert np.all(np.isfinite(eager)) and eager.shape[0] == 2
+    np.testing.assert_allclose(graph, eager, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_progress_bar_in_pynative_and_its_switch(capsys):
     pipe = DDIMPipeline(AnalyticModel(), DDIMScheduler())
     pipe(num_inference_steps=3, output_type="np")
@@ -368,8 +402,8 @@ def test_swapping_schedulers():
         DDIMPipeline(AnalyticModel(), CMStochasticIterativeScheduler())
     with pytest.raises(TypeError, match="ScoreSdeVeScheduler"):
         ScoreSdeVePipeline(AnalyticModel(), DDIMScheduler())
-    with pytest.raises(TypeError, match="no compiled sampling loop for dict"):
-        loop_class_for({})
+    with pytest.raises(TypeError, match="drives a scheduler.*got dict"):
+        SamplingLoop(AnalyticModel(), {})
 
 
 @pytest.mark.parametrize(

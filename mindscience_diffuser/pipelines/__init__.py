@@ -5,7 +5,7 @@ from .pipeline_ddim import DDIMPipeline
 from .pipeline_ddpm import DDPMPipeline
 from .pipeline_dpm_solver import DPMSolverPipeline
 from .pipeline_score_sde_ve import ScoreSdeVePipeline
-from .sampling_loop import SamplingLoop, loop_class_for
+from .sampling_loop import SamplingLoop
 
 PIPELINES = (DDIMPipeline, DDPMPipeline, DPMSolverPipeline, ScoreSdeVePipeline, ConsistencyModelPipeline)
 
@@ -17,5 +17,4 @@ __all__ = [
     "ScoreSdeVePipeline",
     "ConsistencyModelPipeline",
     "SamplingLoop",
-    "loop_class_for",
 ]

@@ -4,27 +4,8 @@ from __future__ import annotations
 from typing import Optional
 
 from ..schedulers.ddim import DDIMScheduler
-from ..schedulers.ddpm import DDPMScheduler
-from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
-from ..schedulers.euler_discrete import EulerDiscreteScheduler
 from ..utils import GeneratorLike
-from .pipeline_utils import DiffusionPipeline
-
-#: the discrete-β schedulers an unconditional image pipeline drives (one converts into another with from_config)
-VP_SCHEDULERS = (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler)
-
-
-def convert_scheduler(scheduler, target: type):
-    """``scheduler`` as a ``target`` with the same config (keys ``target`` does not take are
-    dropped) and compute dtype; ``scheduler`` itself when it already is one."""
-    if isinstance(scheduler, target):
-        return scheduler
-    if not isinstance(scheduler, VP_SCHEDULERS):
-        names = [c.__name__ for c in VP_SCHEDULERS]
-        raise TypeError(f"cannot convert a {type(scheduler).__name__} to {target.__name__}; pass one of {names}")
-    accepted = target._init_parameters()
-    config = {k: v for k, v in scheduler.config.items() if k in accepted}
-    return target.from_config(config, compute_dtype=scheduler.compute_dtype)
+from .pipeline_utils import VP_DESCRIPTION, VP_SCHEDULERS, DiffusionPipeline, convert_scheduler
 
 
 class DDIMPipeline(DiffusionPipeline):
@@ -48,6 +29,7 @@ class DDIMPipeline(DiffusionPipeline):
     """
 
     supported_schedulers = VP_SCHEDULERS
+    supported_description = VP_DESCRIPTION
 
     def __init__(self, unet, scheduler):
         super().__init__()

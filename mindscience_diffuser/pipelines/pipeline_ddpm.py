@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from ..utils import GeneratorLike
-from .pipeline_ddim import VP_SCHEDULERS
-from .pipeline_utils import DiffusionPipeline
+from .pipeline_utils import VP_DESCRIPTION, VP_SCHEDULERS, DiffusionPipeline
 
 
 class DDPMPipeline(DiffusionPipeline):
@@ -15,6 +14,7 @@ class DDPMPipeline(DiffusionPipeline):
     """
 
     supported_schedulers = VP_SCHEDULERS
+    supported_description = VP_DESCRIPTION
 
     def __init__(self, unet, scheduler):
         super().__init__()

@@ -8,8 +8,7 @@ from mindspore import Tensor
 from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
 from ..schedulers.dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
 from ..utils import GeneratorLike
-from .pipeline_ddim import convert_scheduler
-from .pipeline_utils import DiffusionPipeline, check_positive_int, images_to_samples
+from .pipeline_utils import DiffusionPipeline, check_positive_int, convert_scheduler, images_to_samples
 
 
 class DPMSolverPipeline(DiffusionPipeline):

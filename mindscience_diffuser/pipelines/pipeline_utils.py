@@ -28,7 +28,9 @@ from mindspore import Tensor
 from ..configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig, _read_json, write_json_atomically
 from ..outputs import ImagePipelineOutput
 from ..utils import GeneratorLike, as_numpy_generator, check_choice
-from .sampling_loop import SamplingLoop, loop_class_for
+from ..schedulers.base import VPSchedulerBase
+from ..schedulers.euler_discrete import EulerDiscreteScheduler
+from .sampling_loop import SamplingLoop, loop_constants_for
 
 OUTPUT_TYPES = ("pil", "np", "ms", "latent")
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -104,6 +106,26 @@ def images_to_samples(images) -> Tensor:
     return Tensor((images.astype(np.float32).transpose(0, 3, 1, 2) * 2 - 1).astype(np.float32))
 
 
+# ----------------------------------------------------------------------------- schedulers
+
+#: the schedulers on a discrete variance-preserving β schedule; any converts into any other with
+#: ``from_config``, and every image pipeline on such a schedule drives all of them
+VP_SCHEDULERS = (VPSchedulerBase, EulerDiscreteScheduler)
+VP_DESCRIPTION = "a scheduler on a discrete beta schedule (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler or another VPSchedulerBase)"
+
+
+def convert_scheduler(scheduler, target: type):
+    """``scheduler`` as a ``target`` with the same config (keys ``target`` does not take are
+    dropped) and compute dtype; ``scheduler`` itself when it already is one."""
+    if isinstance(scheduler, target):
+        return scheduler
+    if not isinstance(scheduler, VP_SCHEDULERS):
+        raise TypeError(f"cannot convert a {type(scheduler).__name__} to {target.__name__}; pass {VP_DESCRIPTION}")
+    accepted = target._init_parameters()
+    config = {k: v for k, v in scheduler.config.items() if k in accepted}
+    return target.from_config(config, compute_dtype=scheduler.compute_dtype)
+
+
 # ----------------------------------------------------------------------------- the base
 
 def _component_classes() -> Dict[str, type]:
@@ -138,6 +160,8 @@ class DiffusionPipeline:
     config_name = "model_index.json"
     #: schedulers this pipeline's ``__call__`` can drive (checked at call time)
     supported_schedulers: Tuple[type, ...] = ()
+    #: how the error for another scheduler names the supported ones (default: their class names)
+    supported_description: Optional[str] = None
     #: the final sample is mapped x/2 + 0.5 to images (False: the sampler ends in [0, 1])
     signed_output = True
 
@@ -237,14 +261,13 @@ class DiffusionPipeline:
         """The compiled loop for ``(self.unet, scheduler or self.scheduler, options)``, built once
         and kept, so GRAPH_MODE compiles it once per input shape and step count."""
         scheduler = self.scheduler if scheduler is None else scheduler
-        loop_cls = loop_class_for(scheduler)
-        key = (loop_cls, id(self.unet), id(scheduler), tuple(sorted(options.items())))
+        key = (id(self.unet), id(scheduler), loop_constants_for(scheduler, options))
         loop = self._loops.get(key)
         if loop is None:
             # Drop loops of components that are no longer in the pipeline.
             live = {id(m) for m in self.components.values()} | {id(scheduler)}
-            self._loops = {k: v for k, v in self._loops.items() if k[1] in live and k[2] in live}
-            loop = self._loops[key] = loop_cls(self.unet, scheduler, **options)
+            self._loops = {k: v for k, v in self._loops.items() if k[0] in live and k[1] in live}
+            loop = self._loops[key] = SamplingLoop(self.unet, scheduler, **options)
         return loop
 
     def _sample_shape(self, batch_size: int, latents) -> Tuple[int, ...]:
@@ -293,8 +316,7 @@ class DiffusionPipeline:
             raise ValueError(f"output_type='pil' needs 1, 3 or 4 channels, this UNet makes {shape[1]}; use output_type='np'")
         scheduler = self.scheduler if scheduler is None else scheduler
         if not isinstance(scheduler, self.supported_schedulers):
-            names = [c.__name__ for c in self.supported_schedulers]
-            raise TypeError(f"{type(self).__name__} cannot drive a {type(scheduler).__name__}; use one of {names}")
+            raise TypeError(f"{type(self).__name__} cannot drive a {type(scheduler).__name__}; use {self.supported_description or ' or '.join(c.__name__ for c in self.supported_schedulers)}")
         loop = self.sampling_loop(scheduler, **(loop_options or {}))
         rng = as_numpy_generator(generator)
         timesteps, knobs, stochastic = loop.schedule(num_inference_steps, **(schedule_options or {}))

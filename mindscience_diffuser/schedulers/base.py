@@ -16,7 +16,7 @@ checks arguments, turns Python timesteps into Tensors, draws noise on the host f
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -89,6 +89,21 @@ def clip_or_threshold(x0: Tensor, thresholding: bool, clip_sample: bool, clip_sa
 
 
 # ----------------------------------------------------------------------------- the Cell base
+
+class LoopPlan(NamedTuple):
+    """What a scheduler hands the sampling loop for one call, built on the host.
+
+    ``timesteps``: the model's time conditioning for each of the K iterations (ints become an
+    int32 Tensor, floats a float32 one); ``knobs``: one float32 scalar per iteration for the
+    update (DDIM's η, Euler's churn γ, score-SDE's continuous time), zeros when unused;
+    ``stochastic``: whether the update consumes noise, so the pipeline draws one slice per
+    iteration (else one slice of zeros).
+    """
+
+    timesteps: np.ndarray
+    knobs: np.ndarray
+    stochastic: bool
+
 
 class SchedulerBase(nn.Cell, ConfigMixin):
     """Base of every scheduler: a ``nn.Cell`` with a ``compute_dtype``, a diffusers config and
@@ -216,6 +231,48 @@ class SchedulerBase(nn.Cell, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+    # -- the scheduler's part of the sampling loop ---------------------------------------------
+    # The pipelines' one loop (``SamplingLoop.construct``) calls these four methods and nothing
+    # else of the scheduler, so a scheduler runs in every pipeline of its family by defining them.
+
+    #: compile-time options of :meth:`loop_update` and their defaults (each set of values is its own graph)
+    loop_constants: Dict[str, Any] = {}
+
+    def loop_plan(self, num_inference_steps: Optional[int] = None, **options) -> LoopPlan:
+        """Host side: set the schedule and return the per-iteration :class:`LoopPlan`.
+
+        Default: one iteration per entry of ``timesteps`` after ``set_timesteps(num_inference_steps)``,
+        the model conditioned on that entry, no knobs, no noise.
+        """
+        if options:
+            raise TypeError(f"{type(self).__name__} takes no sampling options, got {sorted(options)}")
+        self.set_timesteps(num_inference_steps)
+        timesteps = np.asarray(self.timesteps)
+        return LoopPlan(timesteps, np.zeros(len(timesteps), np.float32), False)
+
+    def loop_state(self, sample: Tensor) -> tuple:
+        """Device side: the state the loop carries between iterations (a fixed tuple of Tensors), empty by default."""
+        return ()
+
+    def loop_model_input(self, sample: Tensor, i: Tensor) -> Tensor:
+        """Device side: what the model sees at iteration ``i``; the sample itself by default."""
+        return sample
+
+    def loop_update(self, model_output: Tensor, sample: Tensor, i: Tensor, timestep: Tensor, noise: Tensor, knob: Tensor, state: tuple, constants: tuple):
+        """Device side: one iteration's update, ``(next_sample, next_state)``.
+
+        ``i`` is the iteration index, ``timestep`` the model's conditioning at it, ``noise`` this
+        iteration's noise slice, ``knob`` its scalar from :meth:`loop_plan`, ``constants`` the
+        values of :attr:`loop_constants`. Default: ``construct(model_output, sample, timestep)``
+        is the whole update (its first output when it returns several).
+        """
+        prev = self.construct(model_output, sample, timestep)
+        return (prev[0] if isinstance(prev, tuple) else prev), state
+
+    def loop_output(self, sample: Tensor, state: tuple) -> Tensor:
+        """Device side: what the result is made of after the last iteration; the sample by default."""
+        return sample
 
 
 class VPSchedulerBase(SchedulerBase):

@@ -11,7 +11,7 @@ from ..configuration import register_to_config
 from ..outputs import CMStochasticIterativeSchedulerOutput
 from ..utils import GeneratorLike
 from . import schedules
-from .base import SchedulerBase, SigmaStepIndexMixin, as_float32, gather
+from .base import LoopPlan, SchedulerBase, SigmaStepIndexMixin, as_float32, gather
 
 
 def _check_positive(name: str, value) -> float:
@@ -176,6 +176,22 @@ class CMStochasticIterativeScheduler(SigmaStepIndexMixin, SchedulerBase):
             raise ValueError("scale_model_input needs the timestep (one of scheduler.timesteps)")
         index = self._step_index_for(timestep, sample.shape[0])
         return self.scale_at(sample, Tensor(index, ms.int32))
+
+    # -- the sampling loop's part ------------------------------------------------------------
+    def loop_plan(self, num_inference_steps=None, timesteps: Optional[Sequence[int]] = None) -> LoopPlan:
+        """Noise for the re-noising of multistep sampling; one-step sampling lands on σ_min and draws none."""
+        if timesteps is not None:
+            self.set_timesteps(timesteps=timesteps)
+        else:
+            self.set_timesteps(num_inference_steps)
+        ts = np.asarray(self.timesteps, np.float32)
+        return LoopPlan(ts, np.zeros(len(ts), np.float32), len(ts) > 1)
+
+    def loop_model_input(self, sample, i):
+        return self.scale_at(sample, i)
+
+    def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
+        return self.construct(model_output, sample, i, noise), state
 
     def step(
         self,

@@ -11,7 +11,14 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import TimestepLike, VPSchedulerBase, clip_or_threshold, predict_x0_and_eps
+from .base import LoopPlan, TimestepLike, VPSchedulerBase, clip_or_threshold, predict_x0_and_eps
+
+
+def _check_eta(eta) -> None:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+        raise TypeError(f"eta must be a float in [0, 1], got {type(eta).__name__}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1] (0: DDIM, 1: DDPM), got {eta}")
 
 
 class DDIMScheduler(VPSchedulerBase):
@@ -112,6 +119,19 @@ class DDIMScheduler(VPSchedulerBase):
         prev = self._column(coefs, "alpha_prev", sample) * x0 + direction + std * noise.astype(ms.float32)
         return self._cast(prev), self._cast(x0)
 
+    # -- the sampling loop's part ------------------------------------------------------------
+    loop_constants = {"use_clipped_model_output": False}
+
+    def loop_plan(self, num_inference_steps=None, eta: float = 0.0) -> LoopPlan:
+        """η in every iteration's knob; noise only when η > 0."""
+        _check_eta(eta)
+        self.set_timesteps(num_inference_steps)
+        return LoopPlan(self.timesteps, np.full(len(self.timesteps), eta, np.float32), eta > 0)
+
+    def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
+        prev, _ = self.construct(model_output, sample, timestep, noise, knob, constants[0])
+        return prev, state
+
     def step(
         self,
         model_output: Tensor,
@@ -131,10 +151,7 @@ class DDIMScheduler(VPSchedulerBase):
         """
         self._check_ready()
         self._check_tensors(model_output, sample)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-            raise TypeError(f"eta must be a float in [0, 1], got {type(eta).__name__}")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1] (0: DDIM, 1: DDPM), got {eta}")
+        _check_eta(eta)
         self._check_host_timestep(timestep, in_schedule=False)
         t = self._timestep_tensor(timestep, sample.shape[0])
         noise = self._noise_like(sample, generator, variance_noise) if eta > 0 else self._zeros_like(sample)

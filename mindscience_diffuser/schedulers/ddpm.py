@@ -11,7 +11,7 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import TimestepLike, VPSchedulerBase, broadcast_to_sample, clip_or_threshold, predict_x0_and_eps
+from .base import LoopPlan, TimestepLike, VPSchedulerBase, broadcast_to_sample, clip_or_threshold, predict_x0_and_eps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 LEARNED_VARIANCES = ("learned", "learned_range")
@@ -139,6 +139,14 @@ class DDPMScheduler(VPSchedulerBase):
         std = posterior_std(self.variance_type, column("std"), column("log_small"), column("log_large"), predicted)
         prev = mean + column("noisy") * std * noise.astype(ms.float32)
         return self._cast(prev), self._cast(x0)
+
+    def loop_plan(self, num_inference_steps=None, **options) -> LoopPlan:
+        """Every step draws noise (the last one scales it by zero)."""
+        return super().loop_plan(num_inference_steps, **options)._replace(stochastic=True)
+
+    def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
+        prev, _ = self.construct(model_output, sample, timestep, noise)
+        return prev, state
 
     def step(
         self,

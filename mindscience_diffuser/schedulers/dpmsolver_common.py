@@ -401,6 +401,19 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         new_state = (index + 1, new_count, new_history)
         return self._cast(prev), self._cast(x0), new_state
 
+    # -- the sampling loop's part ---------------------------------------------------------------
+    def loop_plan(self, num_inference_steps=None, **options):
+        """Noise only for the SDE variants."""
+        return super().loop_plan(num_inference_steps, **options)._replace(stochastic=self.stochastic)
+
+    def loop_state(self, sample: Tensor) -> tuple:
+        """``(lower_order_nums, history)``; the step index is the loop's own iteration index."""
+        return ops.zeros((), ms.int32), ops.zeros((self.solver_order,) + sample.shape, ms.float32)
+
+    def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
+        prev, _, (_, lower_order_nums, history) = self.construct(model_output, sample, noise, (i, state[0], state[1]))
+        return prev, (lower_order_nums, history)
+
     # -- host API --------------------------------------------------------------------------------
     def index_for_timestep(self, timestep: TimestepLike) -> int:
         """Position of ``timestep`` in ``timesteps``; a duplicated timestep resolves to its

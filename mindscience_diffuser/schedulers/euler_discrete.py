@@ -12,7 +12,7 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import PREDICTION_TYPES, SchedulerBase, SigmaStepIndexMixin, as_float32, gather
+from .base import PREDICTION_TYPES, LoopPlan, SchedulerBase, SigmaStepIndexMixin, as_float32, gather
 
 EULER_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 INTERPOLATION_TYPES = ("linear", "log_linear")
@@ -40,6 +40,14 @@ def euler_update(sample: Tensor, denoised: Tensor, sigma_hat: Tensor, sigma_next
     """One Euler step of dx/dσ = (x - x̂0)/σ from σ̂ to σ_next (Karras et al. 2022, eq. 3 and Algorithm 2)."""
     derivative = (sample - denoised) / sigma_hat
     return sample + derivative * (sigma_next - sigma_hat)
+
+
+def _check_churn(s_churn, s_tmin, s_tmax, s_noise) -> None:
+    for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if s_churn < 0 or s_noise < 0:
+        raise ValueError(f"s_churn and s_noise must be non-negative, got s_churn={s_churn}, s_noise={s_noise}")
 
 
 class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
@@ -249,6 +257,23 @@ class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
             return 0.0
         return min(s_churn / (len(self.sigmas) - 1), MAX_GAMMA)
 
+    # -- the sampling loop's part ------------------------------------------------------------
+    loop_constants = {"s_noise": 1.0}
+
+    def loop_plan(self, num_inference_steps=None, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf")) -> LoopPlan:
+        """The churn γ of each step in its knob; noise only if some γ > 0."""
+        _check_churn(s_churn, s_tmin, s_tmax, 0.0)
+        self.set_timesteps(num_inference_steps)
+        gammas = np.array([self.churn_gamma(i, s_churn, s_tmin, s_tmax) for i in range(len(self.timesteps))], np.float32)
+        return LoopPlan(self.timesteps, gammas, bool(np.any(gammas > 0)))
+
+    def loop_model_input(self, sample, i):
+        return self.scale_at(sample, i)
+
+    def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
+        prev, _ = self.construct(model_output, sample, i, noise, knob, constants[0])
+        return prev, state
+
     def step(
         self,
         model_output: Tensor,
@@ -270,11 +295,7 @@ class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
         """
         self._check_ready()
         self._check_tensors(model_output, sample)
-        for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-                raise TypeError(f"{name} must be a number, got {value!r}")
-        if s_churn < 0 or s_noise < 0:
-            raise ValueError(f"s_churn and s_noise must be non-negative, got s_churn={s_churn}, s_noise={s_noise}")
+        _check_churn(s_churn, s_tmin, s_tmax, s_noise)
         index = self._step_index_for(timestep, sample.shape[0])
         gamma = self.churn_gamma(index, s_churn, s_tmin, s_tmax)
         noise = self._noise_like(sample, generator, variance_noise) if gamma > 0 else self._zeros_like(sample)

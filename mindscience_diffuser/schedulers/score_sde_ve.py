@@ -12,7 +12,7 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput, SdeVeOutput
 from ..utils import GeneratorLike
 from . import schedules
-from .base import SchedulerBase, as_float32, broadcast_to_sample
+from .base import LoopPlan, SchedulerBase, as_float32, broadcast_to_sample
 
 
 def _positive(name: str, value) -> float:
@@ -100,6 +100,7 @@ class ScoreSdeVeScheduler(SchedulerBase):
             raise ValueError(f"correct_steps must be a non-negative int, got {correct_steps!r}")
         self._check_sigmas(sigma_min, sigma_max, sampling_eps)
         self.corrector = LangevinCorrector(_positive("snr", snr), self.compute_dtype)
+        self.correct_steps = int(correct_steps)
         self.init_noise_sigma = float(sigma_max)
         self.timesteps = None
         self.set_sigmas(num_train_timesteps, sigma_min, sigma_max, sampling_eps)
@@ -204,6 +205,34 @@ class ScoreSdeVeScheduler(SchedulerBase):
         noise = self._noise_like(sample, generator, variance_noise)
         prev = self.corrector(self._cast(model_output), self._cast(sample), noise)
         return self._pack(return_dict, SchedulerOutput, prev)
+
+    # -- the sampling loop's part ------------------------------------------------------------
+    # Each of the N steps is ``correct_steps`` Langevin corrections followed by one predictor
+    # step, each after a model call: the loop runs N·(c+1) iterations, iteration i being the
+    # predictor when i mod (c+1) = c. Both updates are elementwise and cheap, so both are
+    # computed and the right one kept with ``where``; the predictor mean rides in the state.
+    def loop_plan(self, num_inference_steps=None) -> LoopPlan:
+        """The model is conditioned on σ, the knob is the predictor's continuous time t."""
+        self.set_timesteps(num_inference_steps)
+        self.set_sigmas(num_inference_steps)
+        period = self.config.correct_steps + 1
+        sigmas = np.repeat(np.asarray(self.sigmas, np.float32), period)
+        return LoopPlan(sigmas, np.repeat(np.asarray(self.timesteps, np.float32), period), True)
+
+    def loop_state(self, sample: Tensor) -> tuple:
+        return (sample,)
+
+    def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
+        predicted, predicted_mean = self.construct(model_output, sample, knob, noise)
+        if self.correct_steps == 0:
+            return predicted, (predicted_mean,)
+        corrected = self.corrector(model_output, sample, noise)
+        is_predictor = (i % (self.correct_steps + 1)) == self.correct_steps
+        return ops.where(is_predictor, predicted, corrected), (ops.where(is_predictor, predicted_mean, state[0]),)
+
+    def loop_output(self, sample: Tensor, state: tuple) -> Tensor:
+        """The last predictor step's noise-free mean."""
+        return state[0]
 
     def step(self, *args, **kwargs):
         raise TypeError("ScoreSdeVeScheduler has no single step: call step_correct (the Langevin corrector) correct_steps times, then step_pred (the predictor)")
