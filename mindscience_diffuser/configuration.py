@@ -120,6 +120,14 @@ class ConfigMixin:
     def config(self) -> FrozenConfig:
         return self._internal_config
 
+    def _update_config(self, **changes: Any) -> None:
+        """Rewrite config entries after ``__init__`` resolved them (diffusers writes a deprecated
+        option's replacement into its config the same way), so ``save_config`` writes the
+        options the object runs with."""
+        changed = {key: value for key, value in changes.items() if self.config.get(key) != value}
+        if changed:
+            object.__setattr__(self, "_internal_config", FrozenConfig({**self.config, **{k: _json_value(v) for k, v in changed.items()}}))
+
     def _config_with_metadata(self) -> Dict[str, Any]:
         data = dict(self.config)
         data["_class_name"] = type(self).__name__

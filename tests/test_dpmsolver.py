@@ -36,7 +36,7 @@ def _conditioning(name, sched) -> np.ndarray:
     x_t = (σ_t/σ_s)·x + c0·x̂0 with σ_t/σ_s ≫ 1 (the first steps, from σ ≈ 0.01), cancels two terms of
     size (σ_t/σ_s)·|x|, so float32 rounding inside diffusers' reference itself moves the result by
     about σ_t/σ_s ulps: the tolerance scales with max(1, σ_t/σ_s) there and is 1e-5 everywhere else."""
-    if not name.startswith("inv-") or not sched.algorithm_type.endswith("++"):
+    if not name.startswith("inv-") or not sched.config.algorithm_type.endswith("++"):
         return np.ones(sched.num_inference_steps)
     return np.maximum(1.0, np.abs(sched.step_table.asnumpy()[:, 0]))
 
@@ -328,7 +328,7 @@ def test_bad_calls_raise():
         DPMSolverMultistepScheduler(use_karras_sigmas=True).set_timesteps(timesteps=[900, 500])
     for t in sched.timesteps:
         sched.step(x, x, int(t))
-    with pytest.raises(ValueError, match="steps are done"):
+    with pytest.raises(ValueError, match="steps of the schedule are done"):
         sched.step(x, x, int(sched.timesteps[-1]))
 
 

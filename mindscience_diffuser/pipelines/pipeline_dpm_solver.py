@@ -86,7 +86,7 @@ def convert_inverse(scheduler: DPMSolverMultistepScheduler) -> DPMSolverMultiste
     """The inverse scheduler with ``scheduler``'s config (forward-only keys dropped)."""
     if scheduler.stochastic:
         raise ValueError(
-            f"invert needs a deterministic solver; the scheduler has algorithm_type={scheduler.algorithm_type!r}. "
+            f"invert needs a deterministic solver; the scheduler has algorithm_type={scheduler.config.algorithm_type!r}. "
             "Use 'dpmsolver++' or 'dpmsolver'"
         )
     accepted = DPMSolverMultistepInverseScheduler._init_parameters()

@@ -79,12 +79,14 @@ def dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
     return (ops.minimum(ops.maximum(x0, -s), s) / s).astype(dtype)
 
 
-def clip_or_threshold(x0: Tensor, thresholding: bool, clip_sample: bool, clip_sample_range: float, ratio: float, max_value: float) -> Tensor:
-    """Dynamic thresholding if enabled, else clipping to ±clip_sample_range if enabled."""
-    if thresholding:
-        return dynamic_threshold(x0, ratio, max_value)
-    if clip_sample:
-        return ops.clamp(x0, -clip_sample_range, clip_sample_range)
+def clip_or_threshold(x0: Tensor, config) -> Tensor:
+    """x̂0 as diffusers' DDIM/DDPM options ask: dynamic thresholding with ``thresholding``
+    (``dynamic_thresholding_ratio``, ``sample_max_value``), else clipping to ±``clip_sample_range``
+    with ``clip_sample``. ``config`` is read by key (a compiled graph reads a dict that way)."""
+    if config["thresholding"]:
+        return dynamic_threshold(x0, config["dynamic_thresholding_ratio"], config["sample_max_value"])
+    if config["clip_sample"]:
+        return ops.clamp(x0, -config["clip_sample_range"], config["clip_sample_range"])
     return x0
 
 
@@ -215,6 +217,20 @@ class SchedulerBase(nn.Cell, ConfigMixin):
         return tuple(values)
 
     # -- shared API --------------------------------------------------------------------------
+    def add_noise(self, original_samples: Tensor, noise: Optional[Tensor], timesteps: TimestepLike) -> Tensor:
+        """The forward process at ``timesteps`` (one per sample, or one for the batch): a·x0 + s·ε
+        with the scheduler's noise scales ``_noise_scales`` (VP: sqrt(ᾱ_t), sqrt(1-ᾱ_t) of the
+        training schedule; schedulers that walk a σ table by step index: that table's level, as
+        diffusers' DPM-Solver, Euler and consistency schedulers do). ``noise=None`` draws ε on the host."""
+        if noise is None:
+            noise = randn(original_samples.shape, None, original_samples.dtype)
+        scale, sigma = self._noise_scales(timesteps, original_samples)
+        return scale * original_samples + sigma * noise
+
+    def _noise_scales(self, timesteps, like: Tensor) -> Tuple[Tensor, Tensor]:
+        """(data scale, noise scale) of the forward process at ``timesteps``, broadcast against ``like``."""
+        raise TypeError(f"{type(self).__name__} defines no forward process (_noise_scales), so it has no add_noise")
+
     def scale_model_input(self, sample: Tensor, timestep: Optional[TimestepLike] = None) -> Tensor:
         """Identity: these schedulers feed the model the unscaled sample."""
         return sample
@@ -276,30 +292,41 @@ class SchedulerBase(nn.Cell, ConfigMixin):
 
 
 class VPSchedulerBase(SchedulerBase):
-    """Schedulers on a discrete variance-preserving β schedule: x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε.
+    """The discrete variance-preserving schedule x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε that DDIM,
+    DDPM, DPM-Solver and Euler share: β, α = 1 - β and ᾱ from the config (diffusers' keys
+    ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``, ``trained_betas``,
+    ``rescale_betas_zero_snr``), the training noise levels σ_t = sqrt((1-ᾱ_t)/ᾱ_t), the noise
+    scales that ``add_noise`` uses and the v-prediction target.
 
-    Owns ``betas``/``alphas_cumprod`` (host, float64) and the device table of ᾱ, and the
-    timestep-indexed helpers that every such scheduler shares. A subclass defines
-    ``_step_coefficients(abar, abar_prev) -> {name: array over t}``: the per-timestep scalars
-    of its update, computed on the host when the schedule is set (float32 arithmetic in the
-    reference's operation order, see ``_init_betas``), so that a step looks them all up with a
-    single gather.
+    The tables are float32 in torch's operation order, as diffusers holds them: near t = 0,
+    1 - ᾱ_t/ᾱ_{t-1} loses ~3e-5 relative to cancellation in the reference, which a per-step
+    tolerance of 1e-5 sees, so float64 tables would not reproduce its numbers.
     """
 
-    def _init_betas(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr=False):
-        """β and ᾱ as diffusers builds them: float32 tables, cumulative product as torch takes it.
+    #: the ``beta_schedule`` values the scheduler takes
+    beta_schedules: Tuple[str, ...] = schedules.BETA_SCHEDULES
+    #: under zero-terminal-SNR rescaling, pin ᾱ_T at 2^-24 instead of 0 (schedulers that divide by
+    #: σ_T = sqrt((1-ᾱ_T)/ᾱ_T) there; diffusers does the same)
+    pins_terminal_snr = False
 
-        The reference computes every coefficient from these float32 values; near t = 0,
-        1 - ᾱ_t/ᾱ_{t-1} loses ~3e-5 relative to cancellation there, which a per-step
-        tolerance of 1e-5 sees, so this project keeps the same rounding rather than float64.
-        """
+    def _init_betas(self) -> None:
+        """β, α, ᾱ and the device ᾱ table from the config; the training timesteps as the default schedule."""
+        cfg = self.config
+        T = cfg["num_train_timesteps"]
         self.betas, self.alphas_cumprod = schedules.vp_alphas_cumprod(
-            beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr
+            cfg.get("beta_schedule", "linear"), T, cfg.get("beta_start", 0.0001), cfg.get("beta_end", 0.02),
+            cfg.get("trained_betas"), cfg.get("rescale_betas_zero_snr", False), self.beta_schedules,
         )
+        if cfg.get("rescale_betas_zero_snr", False) and self.pins_terminal_snr:
+            self.alphas_cumprod[-1] = np.float32(2.0**-24)
         self.alphas = np.float32(1.0) - self.betas
         self._set_table("alphas_cumprod_table", self.alphas_cumprod)
-        self.timesteps = np.arange(num_train_timesteps)[::-1].copy().astype(np.int64)
+        self.timesteps = np.arange(T)[::-1].copy().astype(np.int64)
         self.custom_timesteps = False
+
+    def train_sigmas(self) -> np.ndarray:
+        """σ_t = sqrt((1-ᾱ_t)/ᾱ_t) for t = 0..T-1 (ascending), float32 as diffusers computes them."""
+        return np.sqrt((np.float32(1.0) - self.alphas_cumprod) / self.alphas_cumprod)
 
     def _check_custom_timesteps(self, timesteps) -> np.ndarray:
         ts = np.asarray(timesteps)
@@ -310,6 +337,36 @@ class VPSchedulerBase(SchedulerBase):
         if ts[0] >= self.config.num_train_timesteps or ts[-1] < 0:
             raise ValueError(f"custom timesteps must lie in [0, {self.config.num_train_timesteps - 1}], got {ts.tolist()}")
         return ts.astype(np.int64)
+
+    def _signal_noise(self, timestep: Tensor, sample: Tensor) -> Tuple[Tensor, Tensor]:
+        """(sqrt(ᾱ_t), sqrt(1-ᾱ_t)) of the training schedule in float32, broadcast against ``sample``."""
+        abar = gather(self.alphas_cumprod_table, timestep, sample)
+        return ops.sqrt(abar), ops.sqrt(1.0 - abar)
+
+    def _noise_scales(self, timesteps, like: Tensor) -> Tuple[Tensor, Tensor]:
+        """(sqrt(ᾱ_t), sqrt(1-ᾱ_t)) at training timesteps: a host value is range-checked, a Tensor
+        is looked up on the device (it may be a traced value inside a compiled train step)."""
+        if not isinstance(timesteps, Tensor):
+            host = np.asarray(timesteps)
+            if host.size and (host.min() < 0 or host.max() >= len(self.alphas_cumprod)):
+                raise ValueError(f"timesteps must lie in [0, {len(self.alphas_cumprod) - 1}], got {host.tolist()}")
+        alpha, sigma = self._signal_noise(self._timestep_tensor(timesteps, like.shape[0]), like)
+        return alpha.astype(like.dtype), sigma.astype(like.dtype)
+
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
+        """The v-prediction target v = sqrt(ᾱ_t)·ε - sqrt(1-ᾱ_t)·x0 (Salimans & Ho 2022, eq. 9), training ᾱ."""
+        alpha, sigma = VPSchedulerBase._noise_scales(self, timesteps, sample)
+        return alpha * noise - sigma * sample
+
+
+class TimestepTableSchedulerBase(VPSchedulerBase):
+    """A VP scheduler whose step reads its per-timestep coefficients from one table (DDIM, DDPM).
+
+    A subclass defines ``_step_coefficients(abar, abar_prev) -> {name: array over t}``: the
+    per-timestep scalars of its update, computed on the host when the schedule is set (float32
+    arithmetic in the reference's operation order), so that a step looks them all up with a
+    single gather (``self._coefficients(t)``, ``self._column(coefs, name, sample)``).
+    """
 
     def _install_schedule(self, timesteps: np.ndarray, previous: Optional[np.ndarray] = None) -> None:
         """Adopt descending inference ``timesteps`` and the table ``previous[t]`` (length T) of
@@ -328,7 +385,7 @@ class VPSchedulerBase(SchedulerBase):
         self._previous_table_host = previous.astype(np.int64)
         abar = self.alphas_cumprod
         abar_prev = np.where(previous >= 0, abar[np.maximum(previous, 0)], np.float32(self._final_alpha_cumprod())).astype(np.float32)
-        if self.prediction_type == "epsilon" and np.any(abar[timesteps] == 0):
+        if self.config.get("prediction_type", "epsilon") == "epsilon" and np.any(abar[timesteps] == 0):
             raise ValueError(
                 "epsilon prediction cannot recover x0 where alpha_cumprod is 0 (rescale_betas_zero_snr with a "
                 "schedule that reaches the last training timestep); use prediction_type='v_prediction' or 'sample', "
@@ -376,34 +433,6 @@ class VPSchedulerBase(SchedulerBase):
         self._check_ready()
         return int(self._previous_table_host[int(timestep)])
 
-    @staticmethod
-    def _check_prediction_type(prediction_type: str, allowed: Sequence[str] = PREDICTION_TYPES) -> None:
-        check_choice("prediction_type", prediction_type, allowed)
-
-    def _signal_noise(self, timestep: Tensor, sample: Tensor) -> Tuple[Tensor, Tensor]:
-        """(sqrt(ᾱ_t), sqrt(1-ᾱ_t)) in float32, broadcast against ``sample``."""
-        abar = gather(self.alphas_cumprod_table, timestep, sample)
-        return ops.sqrt(abar), ops.sqrt(1.0 - abar)
-
-    def _host_signal_noise(self, timesteps, like: Tensor) -> Tuple[Tensor, Tensor]:
-        # Range-check host values only: a Tensor may be a traced value inside a compiled train step.
-        if not isinstance(timesteps, Tensor):
-            host = np.asarray(timesteps)
-            if host.size and (host.min() < 0 or host.max() >= len(self.alphas_cumprod)):
-                raise ValueError(f"timesteps must lie in [0, {len(self.alphas_cumprod) - 1}], got {host.tolist()}")
-        alpha, sigma = self._signal_noise(self._timestep_tensor(timesteps, like.shape[0]), like)
-        return alpha.astype(like.dtype), sigma.astype(like.dtype)
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
-        """Forward process q(x_t | x_0): sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε, per-sample timesteps allowed."""
-        alpha, sigma = self._host_signal_noise(timesteps, original_samples)
-        return alpha * original_samples + sigma * noise
-
-    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
-        """The v-prediction target v = sqrt(ᾱ_t)·ε - sqrt(1-ᾱ_t)·x0 (Salimans & Ho 2022, eq. 9)."""
-        alpha, sigma = self._host_signal_noise(timesteps, sample)
-        return alpha * noise - sigma * sample
-
 
 def _is_float_array(value) -> bool:
     if isinstance(value, Tensor):
@@ -411,54 +440,59 @@ def _is_float_array(value) -> bool:
     return np.issubdtype(value.dtype, np.floating)
 
 
-class SigmaStepIndexMixin:
-    """Host bookkeeping for schedulers that walk a σ table by step index (Euler, consistency models).
+class StepIndexMixin:
+    """Host bookkeeping for schedulers that walk their schedule by step index (DPM-Solver, Euler,
+    consistency models).
 
     The step index lives on the host: the first ``step``/``scale_model_input`` finds it from the
     timestep (the *second* match when the timestep appears twice, so a schedule entered
     mid-way does not skip a σ) or takes ``begin_index``; each ``step`` then advances it by one.
-    The compiled core takes the index as a Tensor, so a compiled loop can carry it itself.
+    The compiled core takes the index as a Tensor, so the sampling loop carries it itself.
 
-    A subclass sets ``self.timesteps`` (numpy, float) and ``self._sigmas_host`` (numpy float32,
-    one entry longer than ``timesteps``) in ``set_timesteps`` and calls ``_reset_step_index``.
+    A subclass sets ``self.timesteps`` and ``self.sigmas`` (host, the noise level at each
+    step, one longer than ``timesteps``) in ``set_timesteps``, calls ``_reset_step_index``, and
+    says how a noise level σ scales data and noise (:meth:`_scales_of_sigmas`).
     """
 
+    #: integers are timesteps of this schedule (DPM-Solver); where they are not (Euler and consistency
+    #: models take float timesteps), an integer is almost always a loop counter and is rejected
+    integer_timesteps = False
     _step_index: Optional[int] = None
 
     @property
     def step_index(self) -> Optional[int]:
-        """The index of the next step in ``timesteps`` (None until the first step)."""
+        """The index of the next step in ``timesteps`` (None until the first step); a host value, no device read."""
         return self._step_index
 
     def _reset_step_index(self) -> None:
         self._step_index = None
         self._begin_index = None
 
-    def _host_float_timestep(self, timestep, batch: Optional[int] = None) -> float:
-        """The timestep as a Python float; integers are rejected because they are almost always
-        a loop counter from ``enumerate(timesteps)`` rather than an entry of ``timesteps``."""
+    def _host_timestep(self, timestep, batch: Optional[int] = None):
+        """The timestep as a Python number: one value for the whole batch."""
         if isinstance(timestep, bool):
-            raise TypeError("timestep must be a float or a float Tensor, got bool")
-        if isinstance(timestep, (int, np.integer)) or (isinstance(timestep, (Tensor, np.ndarray)) and not _is_float_array(timestep)):
+            raise TypeError("timestep must be a number or a Tensor, got bool")
+        is_int = isinstance(timestep, (int, np.integer)) or (isinstance(timestep, (Tensor, np.ndarray)) and not _is_float_array(timestep))
+        if is_int and not self.integer_timesteps:
             raise ValueError(
                 f"{type(self).__name__} takes timesteps as floats, one of scheduler.timesteps, got the integer {timestep!r}: "
                 "integer indices (e.g. from enumerate(timesteps)) are not timesteps. Pass the entry of scheduler.timesteps itself"
             )
-        if isinstance(timestep, (float, np.floating)):
-            return float(timestep)
+        if isinstance(timestep, (int, float, np.integer, np.floating)):
+            return timestep.item() if isinstance(timestep, np.generic) else timestep
         if not isinstance(timestep, (Tensor, np.ndarray)):
-            raise TypeError(f"timestep must be a float or a float Tensor, got {type(timestep).__name__}")
-        values = (timestep.asnumpy() if isinstance(timestep, Tensor) else timestep).astype(np.float64).reshape(-1)
+            raise TypeError(f"timestep must be a number or a Tensor, got {type(timestep).__name__}")
+        values = (timestep.asnumpy() if isinstance(timestep, Tensor) else timestep).reshape(-1)
         if values.size < 1 or timestep.ndim > 1 or (batch is not None and timestep.ndim == 1 and values.size != batch):
             raise ValueError(f"timestep must be a scalar or a ({batch},) Tensor, got shape {tuple(timestep.shape)}")
         if np.any(values != values[0]):
             raise ValueError(f"{type(self).__name__} steps the whole batch at one timestep; got different per-sample timesteps {values.tolist()}")
-        return float(values[0])
+        return values[0].item()
 
     def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
         """Position of ``timestep`` in the schedule: the second match if it occurs more than once."""
         schedule = np.asarray(self.timesteps if schedule_timesteps is None else schedule_timesteps, np.float64).reshape(-1)
-        value = timestep if isinstance(timestep, float) else self._host_float_timestep(timestep)
+        value = self._host_timestep(timestep)
         matches = np.flatnonzero(schedule == value)
         if matches.size == 0:
             shown = ", ".join(f"{v:.6g}" for v in schedule[:12]) + (", ..." if schedule.size > 12 else "")
@@ -467,7 +501,7 @@ class SigmaStepIndexMixin:
 
     def _step_index_for(self, timestep, batch: Optional[int] = None) -> int:
         """The index this step uses: the running counter, started from ``timestep`` or ``begin_index``."""
-        value = self._host_float_timestep(timestep, batch)
+        value = self._host_timestep(timestep, batch)
         if self._step_index is None:
             self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(value)
         else:
@@ -476,22 +510,26 @@ class SigmaStepIndexMixin:
             raise ValueError(f"all {len(self.timesteps)} steps of the schedule are done; call set_timesteps again to sample anew")
         return self._step_index
 
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps) -> Tensor:
-        """x = x0 + σ·ε with σ at each timestep's step index (``begin_index`` / the running
-        index when set, as in image-to-image and inpainting)."""
+    def _scales_of_sigmas(self, sigmas: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(data scale, noise scale) of noise levels σ: x = x0 + σ·ε for a variance-exploding sample."""
+        return np.ones_like(sigmas), sigmas
+
+    def _noise_scales(self, timesteps, like: Tensor) -> Tuple[Tensor, Tensor]:
+        """The scales at each timestep's step index (``begin_index`` / the running index when
+        set, as in image-to-image and inpainting); one timestep broadcasts over the batch."""
         self._check_ready()
-        values = (timesteps.asnumpy() if isinstance(timesteps, Tensor) else np.asarray(timesteps)).astype(np.float64).reshape(-1)
-        batch = original_samples.shape[0]
+        values = (timesteps.asnumpy() if isinstance(timesteps, Tensor) else np.asarray(timesteps)).reshape(-1)
+        batch = like.shape[0]
         if values.size == 1:
             values = np.repeat(values, batch)
         if values.size != batch:
             raise ValueError(f"timesteps must be a scalar or have shape ({batch},), got {values.size} values")
         if self._begin_index is None:
-            indices = [self.index_for_timestep(float(v)) for v in values]
+            indices = [self.index_for_timestep(v.item()) for v in values]
         else:
             indices = [self._step_index if self._step_index is not None else self._begin_index] * batch
-        sigma = Tensor(self._sigmas_host[indices].astype(np.float32)).astype(original_samples.dtype)
-        return original_samples + noise * broadcast_to_sample(sigma, original_samples)
+        alpha, sigma = self._scales_of_sigmas(np.asarray(self.sigmas, np.float64)[indices])
+        return (broadcast_to_sample(Tensor(np.asarray(a, np.float32), like.dtype), like) for a in (alpha, sigma))
 
 
 def as_float32(x: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from ..configuration import register_to_config
 from ..outputs import CMStochasticIterativeSchedulerOutput
 from ..utils import GeneratorLike
 from . import schedules
-from .base import LoopPlan, SchedulerBase, SigmaStepIndexMixin, as_float32, gather
+from .base import LoopPlan, SchedulerBase, StepIndexMixin, as_float32, gather
 
 
 def _check_positive(name: str, value) -> float:
@@ -34,7 +34,7 @@ def boundary_scalings(sigma, sigma_min: float, sigma_data: float):
     return c_skip, c_out
 
 
-class CMStochasticIterativeScheduler(SigmaStepIndexMixin, SchedulerBase):
+class CMStochasticIterativeScheduler(StepIndexMixin, SchedulerBase):
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
 
     Each step denoises with the consistency function, x̂0 = c_skip(σ)·x + c_out(σ)·F(x, σ)
@@ -75,28 +75,23 @@ class CMStochasticIterativeScheduler(SigmaStepIndexMixin, SchedulerBase):
         super().__init__(compute_dtype)
         if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an int of at least 2, got {num_train_timesteps!r}")
-        self.sigma_min = _check_positive("sigma_min", sigma_min)
-        self.sigma_max = _check_positive("sigma_max", sigma_max)
-        if not self.sigma_max > self.sigma_min:
+        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("sigma_data", sigma_data), ("rho", rho)):
+            _check_positive(name, value)
+        if not sigma_max > sigma_min:
             raise ValueError(f"sigma_max ({sigma_max}) must be larger than sigma_min ({sigma_min})")
-        self.sigma_data = _check_positive("sigma_data", sigma_data)
-        self.rho = _check_positive("rho", rho)
         if isinstance(s_noise, bool) or not isinstance(s_noise, (int, float)) or s_noise < 0:
             raise ValueError(f"s_noise must be a non-negative number, got {s_noise!r}")
-        self.s_noise = float(s_noise)
-        self.clip_denoised = bool(clip_denoised)
         self.init_noise_sigma = float(sigma_max)
         # Before set_timesteps: the full training schedule, as diffusers exposes it.
         sigmas = self._sigmas_at(np.linspace(0, 1, num_train_timesteps))
         self.sigmas = sigmas
         self.timesteps = self.sigma_to_t(sigmas)
-        self._sigmas_host = sigmas.astype(np.float32)
         self.custom_timesteps = False
         self._reset_step_index()
 
     # -- host-side schedule ------------------------------------------------------------------
     def _sigmas_at(self, ramp: np.ndarray) -> np.ndarray:
-        return schedules.karras_ramp_sigmas(ramp, self.sigma_min, self.sigma_max, self.rho)
+        return schedules.karras_ramp_sigmas(ramp, self.config["sigma_min"], self.config["sigma_max"], self.config["rho"])
 
     @staticmethod
     def sigma_to_t(sigmas):
@@ -105,7 +100,7 @@ class CMStochasticIterativeScheduler(SigmaStepIndexMixin, SchedulerBase):
 
     def get_scalings_for_boundary_condition(self, sigma) -> Tuple:
         """(c_skip, c_out) of :func:`boundary_scalings` at ``sigma`` (a number, array or Tensor)."""
-        return boundary_scalings(sigma, self.sigma_min, self.sigma_data)
+        return boundary_scalings(sigma, self.config["sigma_min"], self.config["sigma_data"])
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None) -> None:
         """Place the sampling noise levels on the Karras schedule over the training steps.
@@ -135,8 +130,7 @@ class CMStochasticIterativeScheduler(SigmaStepIndexMixin, SchedulerBase):
             self.custom_timesteps = False
         sigmas = self._sigmas_at(steps[::-1] / (T - 1))
         self.timesteps = self.sigma_to_t(sigmas)
-        self.sigmas = np.append(sigmas, self.sigma_min).astype(np.float32)
-        self._sigmas_host = self.sigmas
+        self.sigmas = np.append(sigmas, self.config["sigma_min"]).astype(np.float32)
         self.num_inference_steps = len(steps)
         self._set_table("sigma_table", self.sigmas)
         self._reset_step_index()
@@ -149,7 +143,7 @@ class CMStochasticIterativeScheduler(SigmaStepIndexMixin, SchedulerBase):
     def scale_at(self, sample: Tensor, step_index: Tensor) -> Tensor:
         """Pure form of :meth:`scale_model_input`: x / sqrt(σ_i² + σ_d²) (EDM's c_in)."""
         sigma = gather(self.sigma_table, step_index, sample)
-        scaled = as_float32(sample) / ops.sqrt(sigma * sigma + self.sigma_data**2)
+        scaled = as_float32(sample) / ops.sqrt(sigma * sigma + self.config["sigma_data"]**2)
         return scaled if sample.dtype == ms.float32 else scaled.astype(sample.dtype)
 
     def construct(self, model_output: Tensor, sample: Tensor, step_index: Tensor, noise: Tensor) -> Tensor:
@@ -158,15 +152,15 @@ class CMStochasticIterativeScheduler(SigmaStepIndexMixin, SchedulerBase):
         ``noise`` is z ~ N(0, I) (zeros for one-step sampling); s_noise scales it here.
         """
         sigma, sigma_next = self._sigma_pair(step_index, sample)
-        c_skip, c_out = boundary_scalings(sigma, self.sigma_min, self.sigma_data)
+        c_skip, c_out = boundary_scalings(sigma, self.config["sigma_min"], self.config["sigma_data"])
         denoised = c_out * as_float32(model_output) + c_skip * as_float32(sample)
-        if self.clip_denoised:
+        if self.config["clip_denoised"]:
             denoised = ops.clamp(denoised, -1.0, 1.0)
-        sigma_hat = ops.clamp(sigma_next, self.sigma_min, self.sigma_max)
-        z = as_float32(noise) * self.s_noise
+        sigma_hat = ops.clamp(sigma_next, self.config["sigma_min"], self.config["sigma_max"])
+        z = as_float32(noise) * self.config["s_noise"]
         # sqrt(σ̂² - σ_min²) factored, so the last step (σ̂ = σ_min) re-noises by exactly zero in
         # every execution mode (a fused σ̂·σ̂ - σ_min² can leave a float32 residue there).
-        prev = denoised + z * ops.sqrt((sigma_hat - self.sigma_min) * (sigma_hat + self.sigma_min))
+        prev = denoised + z * ops.sqrt((sigma_hat - self.config["sigma_min"]) * (sigma_hat + self.config["sigma_min"]))
         return self._cast(prev)
 
     def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:

@@ -11,7 +11,7 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import LoopPlan, TimestepLike, VPSchedulerBase, clip_or_threshold, predict_x0_and_eps
+from .base import PREDICTION_TYPES, LoopPlan, TimestepLike, TimestepTableSchedulerBase, clip_or_threshold, predict_x0_and_eps
 
 
 def _check_eta(eta) -> None:
@@ -21,7 +21,7 @@ def _check_eta(eta) -> None:
         raise ValueError(f"eta must lie in [0, 1] (0: DDIM, 1: DDPM), got {eta}")
 
 
-class DDIMScheduler(VPSchedulerBase):
+class DDIMScheduler(TimestepTableSchedulerBase):
     """DDIM sampling (Song et al. 2021, eq. 12):
 
     x_{t-1} = sqrt(ᾱ_{t-1})·x̂0 + sqrt(1 - ᾱ_{t-1} - σ_t²)·ε̂ + σ_t·z,
@@ -69,12 +69,10 @@ class DDIMScheduler(VPSchedulerBase):
         compute_dtype=ms.float32,
     ):
         super().__init__(compute_dtype)
-        self._check_prediction_type(prediction_type)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, schedules.TIMESTEP_SPACINGS)
-        self._init_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr)
-        self.prediction_type = prediction_type
+        self._init_betas()
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else self.alphas_cumprod[0]
-        self._x0_options = (thresholding, clip_sample, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None) -> None:
         """Choose the inference timesteps: ``num_inference_steps`` spaced by ``timestep_spacing``,
@@ -110,8 +108,8 @@ class DDIMScheduler(VPSchedulerBase):
         coefs = self._coefficients(timestep)
         alpha, sigma = self._column(coefs, "alpha", sample), self._column(coefs, "sigma", sample)
         x_t = sample.astype(ms.float32)
-        x0, eps = predict_x0_and_eps(self.prediction_type, model_output.astype(ms.float32), x_t, alpha, sigma)
-        x0 = clip_or_threshold(x0, *self._x0_options)
+        x0, eps = predict_x0_and_eps(self.config["prediction_type"], model_output.astype(ms.float32), x_t, alpha, sigma)
+        x0 = clip_or_threshold(x0, self.config)
         if use_clipped_model_output:
             eps = (x_t - alpha * x0) / sigma
         std = eta * ops.sqrt(self._column(coefs, "variance", sample))

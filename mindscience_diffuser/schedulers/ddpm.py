@@ -11,7 +11,7 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import LoopPlan, TimestepLike, VPSchedulerBase, broadcast_to_sample, clip_or_threshold, predict_x0_and_eps
+from .base import PREDICTION_TYPES, LoopPlan, TimestepLike, TimestepTableSchedulerBase, broadcast_to_sample, clip_or_threshold, predict_x0_and_eps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 LEARNED_VARIANCES = ("learned", "learned_range")
@@ -33,7 +33,7 @@ def posterior_std(variance_type: str, coefs_std: Tensor, log_small: Tensor, log_
     return coefs_std
 
 
-class DDPMScheduler(VPSchedulerBase):
+class DDPMScheduler(TimestepTableSchedulerBase):
     """DDPM ancestral sampling (Ho et al. 2020, eq. 6-7):
 
     x_{t-1} = μ̃_t(x_t, x̂0) + σ_t·z,
@@ -77,13 +77,10 @@ class DDPMScheduler(VPSchedulerBase):
         compute_dtype=ms.float32,
     ):
         super().__init__(compute_dtype)
-        self._check_prediction_type(prediction_type)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("timestep_spacing", timestep_spacing, schedules.TIMESTEP_SPACINGS)
-        self._init_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr)
-        self.prediction_type = prediction_type
-        self.variance_type = variance_type
-        self._x0_options = (thresholding, clip_sample, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
+        self._init_betas()
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None) -> None:
         """Choose the inference timesteps: ``num_inference_steps`` spaced by ``timestep_spacing``,
@@ -103,14 +100,14 @@ class DDPMScheduler(VPSchedulerBase):
 
     @property
     def _learned(self) -> bool:
-        return self.variance_type in LEARNED_VARIANCES
+        return self.config["variance_type"] in LEARNED_VARIANCES
 
     def _step_coefficients(self, abar, abar_prev):
         one = np.float32(1.0)
         step_alpha = abar / abar_prev
         step_beta = one - step_alpha
         posterior_var = np.maximum((one - abar_prev) / (one - abar) * step_beta, np.float32(1e-20))
-        fixed_var = step_beta if self.variance_type.startswith("fixed_large") else posterior_var
+        fixed_var = step_beta if self.config["variance_type"].startswith("fixed_large") else posterior_var
         return {
             "alpha": np.sqrt(abar),
             "sigma": np.sqrt(one - abar),
@@ -133,10 +130,10 @@ class DDPMScheduler(VPSchedulerBase):
         coefs = self._coefficients(timestep)
         column = lambda name: self._column(coefs, name, sample)  # noqa: E731
         x_t = sample.astype(ms.float32)
-        x0, _ = predict_x0_and_eps(self.prediction_type, model_output.astype(ms.float32), x_t, column("alpha"), column("sigma"))
-        x0 = clip_or_threshold(x0, *self._x0_options)
+        x0, _ = predict_x0_and_eps(self.config["prediction_type"], model_output.astype(ms.float32), x_t, column("alpha"), column("sigma"))
+        x0 = clip_or_threshold(x0, self.config)
         mean = column("x0_coef") * x0 + column("xt_coef") * x_t
-        std = posterior_std(self.variance_type, column("std"), column("log_small"), column("log_large"), predicted)
+        std = posterior_std(self.config["variance_type"], column("std"), column("log_small"), column("log_large"), predicted)
         prev = mean + column("noisy") * std * noise.astype(ms.float32)
         return self._cast(prev), self._cast(x0)
 
@@ -166,7 +163,7 @@ class DDPMScheduler(VPSchedulerBase):
         self._check_ready()
         self._check_tensors(model_output, sample, channel_multiple=(1, 2) if self._learned else (1,))
         if self._learned and model_output.shape[1] != 2 * sample.shape[1]:
-            raise ValueError(f"variance_type={self.variance_type!r} needs a 2C-channel model_output (prediction, variance), got shape {tuple(model_output.shape)}")
+            raise ValueError(f"variance_type={self.config.variance_type!r} needs a 2C-channel model_output (prediction, variance), got shape {tuple(model_output.shape)}")
         self._check_host_timestep(timestep, in_schedule=True)
         t = self._timestep_tensor(timestep, sample.shape[0])
         noise = self._noise_like(sample, generator, variance_noise)

@@ -33,7 +33,7 @@ from mindspore import Tensor, ops
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import TimestepLike, VPSchedulerBase, as_float32, dynamic_threshold, predict_x0_and_eps
+from .base import StepIndexMixin, TimestepLike, VPSchedulerBase, as_float32, dynamic_threshold, predict_x0_and_eps
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -219,7 +219,7 @@ def step_orders(num_steps: int, solver_order: int, lower_order_final: bool, eule
     return orders
 
 
-class DPMSolverMultistepBase(VPSchedulerBase):
+class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
     """The solver Cell both DPM-Solver multistep schedulers share. Subclasses build the schedule
     (``_build_schedule``) and set ``self._zero_final`` for the order table.
 
@@ -233,74 +233,47 @@ class DPMSolverMultistepBase(VPSchedulerBase):
     """
 
     order = 1
+    beta_schedules = DPM_BETA_SCHEDULES
+    pins_terminal_snr = True
+    integer_timesteps = True
 
-    def _init_solver(
-        self,
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        beta_schedule,
-        trained_betas,
-        solver_order,
-        prediction_type,
-        thresholding,
-        dynamic_thresholding_ratio,
-        sample_max_value,
-        algorithm_type,
-        solver_type,
-        use_karras_sigmas,
-        use_exponential_sigmas,
-        use_beta_sigmas,
-        use_flow_sigmas,
-        lambda_min_clipped,
-        variance_type,
-        timestep_spacing,
-        rescale_betas_zero_snr=False,
-    ):
-        if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order must be one of [1, 2, 3], got {solver_order!r}")
-        algorithm_type = ALGORITHM_ALIASES.get(algorithm_type, algorithm_type)
-        solver_type = SOLVER_ALIASES.get(solver_type, solver_type)
-        check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
-        check_choice("solver_type", solver_type, SOLVER_TYPES)
-        check_choice("prediction_type", prediction_type, DPM_PREDICTION_TYPES)
-        check_choice("variance_type", variance_type, VARIANCE_TYPES)
-        check_choice("timestep_spacing", timestep_spacing, schedules.TIMESTEP_SPACINGS)
-        if trained_betas is None:
-            check_choice("beta_schedule", beta_schedule, DPM_BETA_SCHEDULES)
-        if prediction_type == "flow_prediction" and not algorithm_type.endswith("++"):
-            raise ValueError(f"prediction_type='flow_prediction' needs algorithm_type 'dpmsolver++' or 'sde-dpmsolver++', got {algorithm_type!r}")
-        if algorithm_type == "sde-dpmsolver" and solver_order == 3:
+    def _init_solver(self) -> None:
+        """Validate the solver options of ``self.config``, write diffusers' aliases (DEIS/UniPC
+        names) as the options they stand for into it, and build the β/ᾱ tables."""
+        cfg = self.config
+        if isinstance(cfg.solver_order, bool) or cfg.solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order must be one of [1, 2, 3], got {cfg.solver_order!r}")
+        self._update_config(
+            algorithm_type=ALGORITHM_ALIASES.get(cfg.algorithm_type, cfg.algorithm_type),
+            solver_type=SOLVER_ALIASES.get(cfg.solver_type, cfg.solver_type),
+        )
+        cfg = self.config
+        check_choice("algorithm_type", cfg.algorithm_type, ALGORITHM_TYPES)
+        check_choice("solver_type", cfg.solver_type, SOLVER_TYPES)
+        check_choice("prediction_type", cfg.prediction_type, DPM_PREDICTION_TYPES)
+        check_choice("variance_type", cfg.variance_type, VARIANCE_TYPES)
+        check_choice("timestep_spacing", cfg.timestep_spacing, schedules.TIMESTEP_SPACINGS)
+        if cfg.prediction_type == "flow_prediction" and not cfg.algorithm_type.endswith("++"):
+            raise ValueError(f"prediction_type='flow_prediction' needs algorithm_type 'dpmsolver++' or 'sde-dpmsolver++', got {cfg.algorithm_type!r}")
+        if cfg.algorithm_type == "sde-dpmsolver" and cfg.solver_order == 3:
             raise ValueError("algorithm_type='sde-dpmsolver' has no third-order update; use solver_order 1 or 2, or 'sde-dpmsolver++'")
-        self.sigma_schedule = schedules.chosen_sigma_schedule(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        if use_flow_sigmas and self.sigma_schedule is not None:
+        self.sigma_schedule = schedules.chosen_sigma_schedule(cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas)
+        if cfg.use_flow_sigmas and self.sigma_schedule is not None:
             raise ValueError(f"use_flow_sigmas cannot be combined with use_{self.sigma_schedule}_sigmas")
-        if isinstance(lambda_min_clipped, bool) or not isinstance(lambda_min_clipped, (int, float)):
-            raise TypeError(f"lambda_min_clipped must be a float, got {type(lambda_min_clipped).__name__}")
-        # diffusers rewrites aliased options into its config; do the same so save_config round-trips.
-        changed = {k: v for k, v in (("algorithm_type", algorithm_type), ("solver_type", solver_type)) if self.config[k] != v}
-        if changed:
-            from ..configuration import FrozenConfig
-
-            object.__setattr__(self, "_internal_config", FrozenConfig({**self.config, **changed}))
+        if isinstance(cfg.lambda_min_clipped, bool) or not isinstance(cfg.lambda_min_clipped, (int, float)):
+            raise TypeError(f"lambda_min_clipped must be a float, got {type(cfg.lambda_min_clipped).__name__}")
         # float32 β and ᾱ exactly as diffusers holds them: near t=0, 1-ᾱ ≈ β_0 keeps only a few float32
         # digits, and σ_min of every Karras/exponential/beta schedule is exactly that value.
-        self._init_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr)
-        if rescale_betas_zero_snr:
-            # ᾱ_T = 0 would make σ infinite; keep the last step finite as diffusers does.
-            self.alphas_cumprod[-1] = np.float32(2.0**-24)
-            self._set_table("alphas_cumprod_table", self.alphas_cumprod)
-        self.solver_order = int(solver_order)
-        self.algorithm_type = algorithm_type
-        self.solver_type = solver_type
-        self.prediction_type = prediction_type
-        self.use_flow_sigmas = bool(use_flow_sigmas)
-        self.variance_type = variance_type
-        self._threshold = (float(dynamic_thresholding_ratio), float(sample_max_value)) if thresholding else None
-        self.stochastic = algorithm_type.startswith("sde-")
+        self._init_betas()
+        self._threshold = (float(cfg.dynamic_thresholding_ratio), float(cfg.sample_max_value)) if cfg.thresholding else None
         self.sigmas = None
         self._state: Optional[DPMState] = None
-        self._step_index: Optional[int] = None  # == int(self._state[0]) whenever _state is set
+        self._step_index = None  # == int(self._state[0]) whenever _state is set
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the steps draw noise (the SDE variants)."""
+        return self.config["algorithm_type"].startswith("sde-")
 
     # -- schedule ------------------------------------------------------------------------------
     def _install_knots(self, timesteps: np.ndarray, sigmas: np.ndarray, orders: np.ndarray) -> None:
@@ -309,12 +282,12 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         # (and any step from a tiny σ) cancels two terms of size σ_t/σ_s·x, so its result moves with
         # the last bit of these coefficients: derive them with the same float32 operations.
         sigmas = sigmas.astype(np.float32)
-        alpha, sigma_t = float32_alpha_sigma_t(sigmas, flow=self.use_flow_sigmas)
+        alpha, sigma_t = float32_alpha_sigma_t(sigmas, flow=self.config["use_flow_sigmas"])
         self.timesteps = timesteps.astype(np.int64)
         self.sigmas = sigmas
         self.num_inference_steps = m = len(self.timesteps)
         self._set_table("order_table", orders, ms.int32)
-        columns = step_tables(self.algorithm_type, self.solver_type, alpha, sigma_t, half_log_snr(alpha, sigma_t), orders)
+        columns = step_tables(self.config["algorithm_type"], self.config["solver_type"], alpha, sigma_t, half_log_snr(alpha, sigma_t), orders)
         columns.update(alpha_s=alpha[:m], sigma_t_s=sigma_t[:m], sigma_s=sigmas[:m])
         # One (M, 11) table: a step gathers its whole row with one op.
         self._set_table("step_table", np.stack([columns[name] for name in COLUMNS], axis=1).astype(np.float32))
@@ -323,9 +296,8 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         self._begin_index = None
 
     def _train_sigmas(self) -> np.ndarray:
-        """σ = sqrt((1-ᾱ)/ᾱ) of every training timestep, in float32 from diffusers' float32 ᾱ."""
-        abar = self.alphas_cumprod.astype(np.float32)
-        return np.sqrt((np.float32(1.0) - abar) / abar).astype(np.float64)
+        """The training σ (float32 values, as diffusers has them) in float64 for the host schedule arithmetic."""
+        return self.train_sigmas().astype(np.float64)
 
     def _sigma_schedule_timesteps(self, sigmas: np.ndarray, round_timesteps: bool) -> np.ndarray:
         """Fractional training timesteps of ``sigmas`` (log-σ interpolation), rounded if asked."""
@@ -341,14 +313,8 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         return (
             Tensor(int(start), ms.int32),
             Tensor(0, ms.int32),
-            ops.zeros((self.solver_order,) + tuple(sample.shape), ms.float32),
+            ops.zeros((self.config["solver_order"],) + tuple(sample.shape), ms.float32),
         )
-
-    @property
-    def step_index(self) -> Optional[int]:
-        """The index of the next step in ``timesteps`` (None until the first ``step``); read from the
-        host copy, without a device sync."""
-        return self._step_index
 
     @property
     def lower_order_nums(self) -> int:
@@ -358,10 +324,10 @@ class DPMSolverMultistepBase(VPSchedulerBase):
     def model_outputs(self) -> list:
         """The stored converted model outputs, oldest first (diffusers' ``model_outputs``; None before a step)."""
         if self._state is None:
-            return [None] * self.solver_order
+            return [None] * self.config["solver_order"]
         count = int(self._state[1].asnumpy())
-        history = [self._state[2][k] for k in range(self.solver_order)]
-        return [None] * (self.solver_order - count) + history[self.solver_order - count:]
+        history = [self._state[2][k] for k in range(self.config["solver_order"])]
+        return [None] * (self.config["solver_order"] - count) + history[self.config["solver_order"] - count:]
 
     # -- the compiled step ---------------------------------------------------------------------
     def _knots(self, index: Tensor):
@@ -371,10 +337,10 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         return row[:8], row[8], row[9], row[10]
 
     def _converted(self, model_output: Tensor, sample: Tensor, alpha_s0, sigma_s0, sigma_raw) -> Tensor:
-        if self.variance_type is not None:
+        if self.config["variance_type"] is not None:
             # The model predicts [ε, v] as 2C channels; the solver uses the first C.
             model_output = model_output[:, : sample.shape[1]]
-        return convert_model_output(self.algorithm_type, self.prediction_type, model_output, sample, alpha_s0, sigma_s0, sigma_raw, self._threshold)
+        return convert_model_output(self.config["algorithm_type"], self.config["prediction_type"], model_output, sample, alpha_s0, sigma_s0, sigma_raw, self._threshold)
 
     def construct(self, model_output: Tensor, sample: Tensor, noise: Tensor, state: DPMState):
         """One multistep DPM-Solver step: ``(prev_sample, pred_original_sample, new_state)``.
@@ -389,15 +355,15 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         m0 = self._converted(as_float32(model_output), x, alpha_s0, sigma_s0, sigma_raw)
         first = prev = first_order_update(coefs, x, m0, as_float32(noise) if self.stochastic else None)
         past = ops.unstack(history, 0)
-        if self.solver_order >= 2:
+        if self.config["solver_order"] >= 2:
             order = ops.minimum(ops.gather(self.order_table, index, 0), lower_order_nums + 1)
             prev = ops.where(order >= 2, second_order_update(coefs, first, m0, past[-1]), prev)
-            if self.solver_order == 3:
+            if self.config["solver_order"] == 3:
                 prev = ops.where(order >= 3, third_order_update(coefs, first, m0, past[-1], past[-2]), prev)
-        x0 = m0 if self.algorithm_type.endswith("++") else (x - sigma_s0 * m0) / alpha_s0
+        x0 = m0 if self.config["algorithm_type"].endswith("++") else (x - sigma_s0 * m0) / alpha_s0
         new_history = ops.stack(past[1:] + (m0,), 0)
         # Counts up to solver_order; written as Tensor arithmetic so a while loop keeps it a Tensor.
-        new_count = lower_order_nums + (lower_order_nums < self.solver_order).astype(ms.int32)
+        new_count = lower_order_nums + (lower_order_nums < self.config["solver_order"]).astype(ms.int32)
         new_state = (index + 1, new_count, new_history)
         return self._cast(prev), self._cast(x0), new_state
 
@@ -408,48 +374,21 @@ class DPMSolverMultistepBase(VPSchedulerBase):
 
     def loop_state(self, sample: Tensor) -> tuple:
         """``(lower_order_nums, history)``; the step index is the loop's own iteration index."""
-        return ops.zeros((), ms.int32), ops.zeros((self.solver_order,) + sample.shape, ms.float32)
+        return ops.zeros((), ms.int32), ops.zeros((self.config["solver_order"],) + sample.shape, ms.float32)
 
     def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
         prev, _, (_, lower_order_nums, history) = self.construct(model_output, sample, noise, (i, state[0], state[1]))
         return prev, (lower_order_nums, history)
 
     # -- host API --------------------------------------------------------------------------------
-    def index_for_timestep(self, timestep: TimestepLike) -> int:
-        """Position of ``timestep`` in ``timesteps``; a duplicated timestep resolves to its
-        second occurrence (diffusers' rule, so image-to-image never skips the σ between them)."""
-        self._check_ready()
-        value = self._host_timestep_value(timestep)
-        matches = np.flatnonzero(self.timesteps == value)
-        if matches.size == 0:
-            shown = self.timesteps.tolist()
-            raise ValueError(f"timestep {value!r} is not in the schedule set by set_timesteps: {shown[:12]}{'...' if len(shown) > 12 else ''}")
-        return int(matches[1] if matches.size > 1 else matches[0])
-
-    @staticmethod
-    def _host_timestep_value(timestep: TimestepLike):
-        if isinstance(timestep, bool):
-            raise TypeError("timestep must be a number or a Tensor, got bool")
-        if isinstance(timestep, Tensor):
-            timestep = timestep.asnumpy()
-        values = np.asarray(timestep).reshape(-1)
-        if values.size == 0 or np.any(values != values[0]):
-            raise ValueError(f"DPM-Solver steps the whole batch at one timestep; got timesteps {values.tolist()}")
-        value = values[0].item()
-        return int(value) if float(value).is_integer() else value
-
     def _resolve_state(self, sample: Tensor, timestep: TimestepLike) -> Tuple[DPMState, int]:
         """The state this step starts from and its step index, a host int (no device read)."""
-        index = self.index_for_timestep(timestep)
-        state, step_index = self._state, self._step_index
-        if state is None or tuple(state[2].shape[1:]) != tuple(sample.shape):
-            if state is not None:
-                raise ValueError(f"sample shape {tuple(sample.shape)} changed mid-loop (was {tuple(state[2].shape[1:])}); call set_timesteps again")
-            step_index = self._begin_index if self._begin_index is not None else index
-            state = self.initial_state(sample, step_index)
-        if step_index >= self.num_inference_steps:
-            raise ValueError(f"all {self.num_inference_steps} steps are done; call set_timesteps again to start a new loop")
-        return state, step_index
+        self._check_ready()
+        state = self._state
+        if state is not None and tuple(state[2].shape[1:]) != tuple(sample.shape):
+            raise ValueError(f"sample shape {tuple(sample.shape)} changed mid-loop (was {tuple(state[2].shape[1:])}); call set_timesteps again")
+        index = self._step_index_for(timestep, sample.shape[0])
+        return (self.initial_state(sample, index) if state is None else state), index
 
     def step(
         self,
@@ -468,7 +407,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         :class:`SchedulerOutput` (``True``) or ``(prev_sample, pred_original_sample)`` (``False``).
         """
         self._check_ready()
-        self._check_tensors(model_output, sample, channel_multiple=(2,) if self.variance_type else (1,))
+        self._check_tensors(model_output, sample, channel_multiple=(2,) if self.config["variance_type"] else (1,))
         state, index = self._resolve_state(sample, timestep)
         if self.stochastic:
             noise = self._noise_like(sample, generator, variance_noise)
@@ -503,7 +442,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         if not self.stochastic:
             return None
         if noise is None:
-            raise ValueError(f"algorithm_type={self.algorithm_type!r} needs noise")
+            raise ValueError(f"algorithm_type={self.config.algorithm_type!r} needs noise")
         return as_float32(noise)
 
     def dpm_solver_first_order_update(self, model_output: Tensor, sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
@@ -520,7 +459,7 @@ class DPMSolverMultistepBase(VPSchedulerBase):
 
     def multistep_dpm_solver_third_order_update(self, model_output_list: Sequence[Tensor], sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """Third-order multistep step; ``model_output_list`` ends with the newest converted output."""
-        if self.algorithm_type == "sde-dpmsolver":
+        if self.config["algorithm_type"] == "sde-dpmsolver":
             raise ValueError("algorithm_type='sde-dpmsolver' has no third-order update")
         coefs = self._current_knots(order=3)[0]
         m0, m1, m2 = (as_float32(m) for m in (model_output_list[-1], model_output_list[-2], model_output_list[-3]))
@@ -528,19 +467,6 @@ class DPMSolverMultistepBase(VPSchedulerBase):
         return self._cast(third_order_update(coefs, first, m0, m1, m2))
 
     # -- noise -----------------------------------------------------------------------------------
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: TimestepLike) -> Tensor:
-        """α·x0 + σ_t·ε at the schedule's own noise level for each timestep (so Karras/flow σ apply)."""
-        self._check_ready()
-        values = timesteps.asnumpy() if isinstance(timesteps, Tensor) else np.asarray(timesteps)
-        values = values.reshape(-1)
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(v.item()) for v in values]
-        else:
-            start = self.step_index if self._state is not None else self._begin_index
-            indices = [start] * len(values)
-        sigma = self.sigmas[np.asarray(indices)].astype(np.float64)
-        alpha, sigma_t = schedules.sigma_to_alpha_sigma_t(sigma, flow=self.use_flow_sigmas)
-        shape = (-1,) + (1,) * (original_samples.ndim - 1)
-        a = Tensor(alpha.astype(np.float32).reshape(shape), original_samples.dtype)
-        s = Tensor(sigma_t.astype(np.float32).reshape(shape), original_samples.dtype)
-        return a * original_samples + s * noise
+    def _scales_of_sigmas(self, sigmas: np.ndarray):
+        """(α, σ_t) of the schedule's own noise levels, so ``add_noise`` follows Karras/flow σ."""
+        return schedules.sigma_to_alpha_sigma_t(sigmas, flow=self.config["use_flow_sigmas"])

@@ -75,18 +75,13 @@ class DPMSolverMultistepScheduler(DPMSolverMultistepBase):
         super().__init__(compute_dtype)
         check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
         check_choice("time_shift_type", time_shift_type, TIME_SHIFT_TYPES)
-        self._init_solver(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, solver_order, prediction_type,
-            thresholding, dynamic_thresholding_ratio, sample_max_value, algorithm_type, solver_type,
-            use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_flow_sigmas, lambda_min_clipped,
-            variance_type, timestep_spacing, rescale_betas_zero_snr,
-        )
+        self._init_solver()
         if use_lu_lambdas and (self.sigma_schedule is not None or use_flow_sigmas):
             other = f"use_{self.sigma_schedule}_sigmas" if self.sigma_schedule else "use_flow_sigmas"
             raise ValueError(f"use_lu_lambdas cannot be combined with {other}: choose one noise-level schedule")
-        if final_sigmas_type == "zero" and not self.algorithm_type.endswith("++"):
+        if final_sigmas_type == "zero" and not self.config["algorithm_type"].endswith("++"):
             raise ValueError(
-                f"final_sigmas_type='zero' needs algorithm_type 'dpmsolver++' or 'sde-dpmsolver++' (got {self.algorithm_type!r}); "
+                f"final_sigmas_type='zero' needs algorithm_type 'dpmsolver++' or 'sde-dpmsolver++' (got {self.config.algorithm_type!r}); "
                 "use final_sigmas_type='sigma_min'"
             )
         self._zero_final = final_sigmas_type == "zero"
@@ -109,7 +104,7 @@ class DPMSolverMultistepScheduler(DPMSolverMultistepBase):
             self._flow_shift = math.exp(float(mu))
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")
-        special = self.sigma_schedule or ("lu" if cfg.use_lu_lambdas else None) or ("flow" if self.use_flow_sigmas else None)
+        special = self.sigma_schedule or ("lu" if cfg.use_lu_lambdas else None) or ("flow" if self.config["use_flow_sigmas"] else None)
         full = self._train_sigmas()
         if timesteps is not None:
             if special is not None:
@@ -132,5 +127,5 @@ class DPMSolverMultistepScheduler(DPMSolverMultistepBase):
             sig = np.interp(ts, np.arange(len(full)), full)
         final = float(full[0]) if cfg.final_sigmas_type == "sigma_min" else 0.0
         ts = ts.astype(np.int64)
-        orders = step_orders(len(ts), self.solver_order, cfg.lower_order_final, cfg.euler_at_final, self._zero_final)
+        orders = step_orders(len(ts), self.config["solver_order"], cfg.lower_order_final, cfg.euler_at_final, self._zero_final)
         self._install_knots(ts, np.append(sig, final), orders)

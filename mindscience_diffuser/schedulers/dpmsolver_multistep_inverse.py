@@ -78,15 +78,10 @@ class DPMSolverMultistepInverseScheduler(DPMSolverMultistepBase):
         compute_dtype=ms.float32,
     ):
         super().__init__(compute_dtype)
-        self._init_solver(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, solver_order, prediction_type,
-            thresholding, dynamic_thresholding_ratio, sample_max_value, algorithm_type, solver_type,
-            use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_flow_sigmas, lambda_min_clipped,
-            variance_type, timestep_spacing,
-        )
+        self._init_solver()
         if self.stochastic:
             raise ValueError(
-                f"algorithm_type={self.algorithm_type!r} cannot run in reverse: its noise scale is the square root of a "
+                f"algorithm_type={self.config.algorithm_type!r} cannot run in reverse: its noise scale is the square root of a "
                 "negative number when λ decreases (diffusers returns NaN); use 'dpmsolver++' or 'dpmsolver'"
             )
         self._flow_shift = float(flow_shift)
@@ -103,7 +98,7 @@ class DPMSolverMultistepInverseScheduler(DPMSolverMultistepBase):
             sig = schedules.SIGMA_SCHEDULES[self.sigma_schedule](float(full[-1]), float(full[0]), n)
             ts = self._sigma_schedule_timesteps(sig, self.sigma_schedule == "karras")
             sigmas = np.append(sig, sig[-1])
-        elif self.use_flow_sigmas:
+        elif self.config["use_flow_sigmas"]:
             sig = schedules.flow_sigmas(cfg.num_train_timesteps, n, self._flow_shift)
             ts = sig * cfg.num_train_timesteps
             sigmas = np.append(sig, sig[-1])
@@ -111,5 +106,5 @@ class DPMSolverMultistepInverseScheduler(DPMSolverMultistepBase):
             sigmas = np.append(np.interp(ts, np.arange(len(full)), full), full[noisiest])
         _, first = np.unique(ts, return_index=True)
         ts = ts[np.sort(first)].astype(np.int64)
-        orders = step_orders(len(ts), self.solver_order, cfg.lower_order_final, cfg.euler_at_final, zero_final=False)
+        orders = step_orders(len(ts), self.config["solver_order"], cfg.lower_order_final, cfg.euler_at_final, zero_final=False)
         self._install_knots(ts, sigmas, orders)

@@ -12,7 +12,7 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import PREDICTION_TYPES, LoopPlan, SchedulerBase, SigmaStepIndexMixin, as_float32, gather
+from .base import PREDICTION_TYPES, LoopPlan, StepIndexMixin, VPSchedulerBase, as_float32, gather
 
 EULER_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 INTERPOLATION_TYPES = ("linear", "log_linear")
@@ -50,7 +50,7 @@ def _check_churn(s_churn, s_tmin, s_tmax, s_noise) -> None:
         raise ValueError(f"s_churn and s_noise must be non-negative, got s_churn={s_churn}, s_noise={s_noise}")
 
 
-class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
+class EulerDiscreteScheduler(StepIndexMixin, VPSchedulerBase):
     """Euler sampler over the σ of a discrete VP schedule (Karras et al. 2022, Algorithm 2).
 
     With σ_i = sqrt((1-ᾱ)/ᾱ) at the inference timesteps, each step optionally "churns" the
@@ -76,6 +76,8 @@ class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
     """
 
     order = 1
+    beta_schedules = EULER_BETA_SCHEDULES
+    pins_terminal_snr = True  # σ_T ≈ 4096 instead of infinite
     _compatibles = [
         "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
         "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
@@ -117,29 +119,15 @@ class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
                 raise ValueError(f"{name} must be None or a positive number, got {value!r}")
         if sigma_min is not None and sigma_max is not None and sigma_min >= sigma_max:
             raise ValueError(f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max})")
-        self.betas, self.alphas_cumprod = schedules.vp_alphas_cumprod(
-            beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr, EULER_BETA_SCHEDULES
-        )
-        self.alphas = np.float32(1.0) - self.betas
-        if rescale_betas_zero_snr:
-            # ᾱ_T = 0 would make σ_T infinite; diffusers pins it at 2^-24 (σ_T ≈ 4096).
-            self.alphas_cumprod[-1] = 2.0**-24
-        self.prediction_type = prediction_type
-        self.use_karras_sigmas = bool(use_karras_sigmas)
-        self.use_exponential_sigmas = bool(use_exponential_sigmas)
-        self.use_beta_sigmas = bool(use_beta_sigmas)
+        self._init_betas()
         # Before set_timesteps: every training step, as diffusers exposes it.
-        train_sigmas = self._train_sigmas()
+        train_sigmas = self.train_sigmas()
         self._install(np.linspace(0, num_train_timesteps - 1, num_train_timesteps)[::-1].astype(np.float32), np.append(train_sigmas[::-1], 0.0).astype(np.float32), tables=False)
         self.num_inference_steps = None
 
     # -- host-side schedule ------------------------------------------------------------------
-    def _train_sigmas(self) -> np.ndarray:
-        """σ_t = sqrt((1-ᾱ_t)/ᾱ_t) for t = 0..T-1 (ascending), in float32 as diffusers has them."""
-        return np.sqrt((np.float32(1.0) - self.alphas_cumprod) / self.alphas_cumprod)
-
     def _uses_continuous_v(self) -> bool:
-        return self.config.timestep_type == "continuous" and self.prediction_type == "v_prediction"
+        return self.config.timestep_type == "continuous" and self.config["prediction_type"] == "v_prediction"
 
     @property
     def init_noise_sigma(self) -> float:
@@ -154,7 +142,6 @@ class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
             timesteps = np.float32(0.25) * np.log(sigmas[: len(timesteps)])
         self.timesteps = np.asarray(timesteps, np.float32)
         self.sigmas = np.asarray(sigmas, np.float32)
-        self._sigmas_host = self.sigmas
         if tables:
             self._set_table("sigma_table", self.sigmas)
         self._reset_step_index()
@@ -191,7 +178,7 @@ class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
             raise ValueError(f"custom timesteps cannot be combined with use_{self.sigma_schedule}_sigmas=True; pass sigmas instead")
         if timesteps is not None and self._uses_continuous_v():
             raise ValueError("custom timesteps cannot be combined with timestep_type='continuous' and prediction_type='v_prediction'")
-        train_sigmas = self._train_sigmas()
+        train_sigmas = self.train_sigmas()
         log_sigmas = np.log(train_sigmas)
         if sigmas is not None:
             custom = np.asarray(sigmas, dtype=np.float64).reshape(-1)
@@ -238,7 +225,7 @@ class EulerDiscreteScheduler(SigmaStepIndexMixin, SchedulerBase):
         x = as_float32(sample)
         # Churn: raise the noise level from σ to σ̂ with fresh noise (Karras et al. 2022, Algorithm 2, line 6).
         x = x + as_float32(noise) * s_noise * ops.sqrt(sigma_hat * sigma_hat - sigma * sigma)
-        denoised = denoise_ve(self.prediction_type, as_float32(model_output), x, sigma, sigma_hat)
+        denoised = denoise_ve(self.config["prediction_type"], as_float32(model_output), x, sigma, sigma_hat)
         prev = euler_update(x, denoised, sigma_hat, sigma_next)
         return self._cast(prev), self._cast(denoised)
 

@@ -100,7 +100,6 @@ class ScoreSdeVeScheduler(SchedulerBase):
             raise ValueError(f"correct_steps must be a non-negative int, got {correct_steps!r}")
         self._check_sigmas(sigma_min, sigma_max, sampling_eps)
         self.corrector = LangevinCorrector(_positive("snr", snr), self.compute_dtype)
-        self.correct_steps = int(correct_steps)
         self.init_noise_sigma = float(sigma_max)
         self.timesteps = None
         self.set_sigmas(num_train_timesteps, sigma_min, sigma_max, sampling_eps)
@@ -224,10 +223,11 @@ class ScoreSdeVeScheduler(SchedulerBase):
 
     def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
         predicted, predicted_mean = self.construct(model_output, sample, knob, noise)
-        if self.correct_steps == 0:
+        corrections = self.config["correct_steps"]
+        if corrections == 0:
             return predicted, (predicted_mean,)
         corrected = self.corrector(model_output, sample, noise)
-        is_predictor = (i % (self.correct_steps + 1)) == self.correct_steps
+        is_predictor = (i % (corrections + 1)) == corrections
         return ops.where(is_predictor, predicted, corrected), (ops.where(is_predictor, predicted_mean, state[0]),)
 
     def loop_output(self, sample: Tensor, state: tuple) -> Tensor:
@@ -237,12 +237,10 @@ class ScoreSdeVeScheduler(SchedulerBase):
     def step(self, *args, **kwargs):
         raise TypeError("ScoreSdeVeScheduler has no single step: call step_correct (the Langevin corrector) correct_steps times, then step_pred (the predictor)")
 
-    def add_noise(self, original_samples: Tensor, noise: Optional[Tensor], timesteps) -> Tensor:
-        """x = x0 + σ_i·ε at discrete level indices ``timesteps`` (ε drawn on the host when ``noise`` is None)."""
+    def _noise_scales(self, timesteps, like: Tensor):
+        """(1, σ_i) at discrete level indices ``timesteps``: x = x0 + σ_i·ε."""
         index = np.asarray(timesteps.asnumpy() if isinstance(timesteps, Tensor) else timesteps, np.int64).reshape(-1)
         if np.any(index < 0) or np.any(index >= len(self.discrete_sigmas)):
             raise ValueError(f"timesteps must be level indices in [0, {len(self.discrete_sigmas) - 1}], got {index.tolist()}")
-        if noise is None:
-            noise = self._noise_like(original_samples, None, None).astype(original_samples.dtype)
-        sigma = Tensor(np.broadcast_to(self.discrete_sigmas[index], (original_samples.shape[0],)).astype(np.float32))
-        return (as_float32(original_samples) + as_float32(noise) * broadcast_to_sample(sigma, original_samples)).astype(original_samples.dtype)
+        sigma = np.broadcast_to(self.discrete_sigmas[index], (like.shape[0],)).astype(np.float32)
+        return Tensor(1.0, like.dtype), broadcast_to_sample(Tensor(sigma, like.dtype), like)
