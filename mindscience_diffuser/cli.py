@@ -117,49 +117,7 @@ def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
     return getattr(msd, pipeline_name)(unet=unet, scheduler=scheduler)
 
 
-# ----------------------------------------------------------------------------- image grid
-
-_VIRIDIS = np.array(
-    [[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142], [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37]],
-    np.float64,
-)
-
-
-def colorize(field: np.ndarray) -> np.ndarray:
-    """A one-channel field in [0, 1] to RGB with a viridis-like map (perceptually ordered)."""
-    pos = np.clip(field, 0, 1) * (len(_VIRIDIS) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(_VIRIDIS) - 2)
-    frac = (pos - lo)[..., None]
-    return ((1 - frac) * _VIRIDIS[lo] + frac * _VIRIDIS[lo + 1]).astype(np.uint8)
-
-
-def image_grid(images: np.ndarray, columns: Optional[int] = None, pad: int = 2) -> np.ndarray:
-    """(B, H, W, C) in [0, 1] to one RGB uint8 grid image; one-channel fields are colour-mapped."""
-    batch, height, width, channels = images.shape
-    columns = columns or int(np.ceil(np.sqrt(batch)))
-    rows = int(np.ceil(batch / columns))
-    if channels == 1:
-        tiles = colorize(images[..., 0])
-    elif channels == 3:
-        tiles = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-    else:
-        tiles = colorize(images.mean(axis=-1))
-    grid = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, 3), 255, np.uint8)
-    for k in range(batch):
-        r, c = divmod(k, columns)
-        grid[pad + r * (height + pad): pad + r * (height + pad) + height, pad + c * (width + pad): pad + c * (width + pad) + width] = tiles[k]
-    return grid
-
-
-def save_png(path: Path, images: np.ndarray, scale: int = 1) -> Path:
-    from PIL import Image
-
-    grid = image_grid(images)
-    picture = Image.fromarray(grid)
-    if scale > 1:
-        picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    return _atomic_output(path, lambda tmp: picture.save(tmp, format="PNG"))
-
+# ----------------------------------------------------------------------------- outputs
 
 def save_npy(path: Path, array: np.ndarray) -> Path:
     def write(tmp: Path) -> None:
@@ -173,6 +131,7 @@ def save_npy(path: Path, array: np.ndarray) -> Path:
 
 def cmd_sample(opts: argparse.Namespace) -> int:
     _set_mode(opts.mode)
+    from . import imaging
     from .pipelines.pipeline_utils import to_images
 
     model = _model_dir(opts.model)
@@ -188,7 +147,7 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     samples = pipe(**kwargs).images
     seconds = time.perf_counter() - start
     images = to_images(samples, "np", scale_from_signed=pipe.signed_output)
-    out = save_png(Path(opts.output), images, scale=opts.scale)
+    out = _atomic_output(Path(opts.output), lambda tmp: imaging.save_png(tmp, images, scale=opts.scale))
     if opts.save_npy:
         # Model space (B, C, H, W), unclipped, like training and reference fields, so the file
         # goes straight into `evaluate --generated`; samplers working in [0, 1] are mapped to [-1, 1].
