@@ -158,10 +158,40 @@ def cmd_sample(opts: argparse.Namespace) -> int:
 
 
 def cmd_train(opts: argparse.Namespace) -> int:
-    from .training import cli_train
-
+    """Build the data, a UNet (``--model-config`` or the small field UNet), a DDIM scheduler
+    with ``--prediction-type`` (x0 clipping only for image data) and a ``DiffusionTrainer``;
+    train ``--steps`` steps with checkpoints under ``--output`` (resuming from the newest one
+    with ``--resume``) and export the EMA model as the pipeline folder ``OUTPUT/final``."""
     _set_mode(opts.mode)
-    return cli_train(opts)
+    import mindspore as ms
+
+    from .models import UNet2DModel
+    from .schedulers import DDIMScheduler
+    from .training import DiffusionTrainer, dataset_from_spec, small_unet_config
+    from .training.datasets import IMAGE_SUFFIXES
+
+    data = dataset_from_spec(opts.data, num_samples=opts.num_samples, size=opts.resolution, seed=opts.seed)
+    if opts.model_config:
+        config = UNet2DModel.load_config(_existing_path(opts.model_config))
+    else:
+        config = small_unet_config(in_channels=data.sample_shape[0], sample_size=data.sample_shape[1])
+    ms.set_seed(opts.seed)
+    unet = UNet2DModel.from_config(config)
+    # Fields are not bounded images: DDIM's default x0 clipping to [-1, 1] would cut their tails.
+    spec = Path(str(opts.data))
+    images = spec.is_dir() or spec.suffix.lower() in IMAGE_SUFFIXES
+    scheduler = DDIMScheduler(prediction_type=opts.prediction_type, clip_sample=images)
+    trainer = DiffusionTrainer(
+        unet, scheduler,
+        learning_rate=opts.learning_rate, batch_size=opts.batch_size, loss=opts.loss,
+        weighting=None if opts.weighting == "none" else opts.weighting,
+        ema_decay=opts.ema_decay, seed=opts.seed, output_dir=opts.output, checkpoint_every=opts.checkpoint_every,
+    )
+    trainer.train(data, opts.steps, resume_from="latest" if opts.resume else None, log_every=None if opts.quiet else 10)
+    final = trainer.save_pretrained(Path(opts.output) / "final")
+    if not opts.quiet:
+        print(f"trained {trainer.step} steps; pipeline written to {final}")
+    return 0
 
 
 def cmd_evaluate(opts: argparse.Namespace) -> int:
