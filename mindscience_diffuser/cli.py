@@ -87,34 +87,43 @@ def _load_array(path: Path) -> np.ndarray:
 
 def _model_dir(value: Optional[str]) -> Path:
     path = Path(value) if value else DEFAULT_MODEL_PATH
-    if not (path / "unet" / "config.json").is_file():
-        raise UsageError(f"--model must be a pipeline folder with unet/config.json (diffusers layout); {path} has none")
+    for name in ("model_index.json", "unet/config.json"):
+        if not (path / name).is_file():
+            raise UsageError(f"--model must be a pipeline folder with model_index.json and unet/config.json (diffusers layout); {path} has no {name}")
     return path
+
+
+def _model_index(model: Path) -> Dict[str, Any]:
+    from .configuration import _read_json
+
+    index = model / "model_index.json"
+    return _read_json(index) if index.is_file() else {}
 
 
 def _model_pipeline(model: Path) -> str:
     """The ``--pipeline`` name of the folder's own pipeline (``model_index.json``'s
     ``_class_name``); ``ddim`` when the folder names none this command line knows."""
-    from .configuration import _read_json
-
-    index = model / "model_index.json"
-    class_name = _read_json(index).get("_class_name") if index.is_file() else None
+    class_name = _model_index(model).get("_class_name")
     names = {pipeline_name: key for key, (pipeline_name, _) in PIPELINES.items()}
     return names.get(class_name, "ddim")
 
 
 def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
+    """``from_pretrained`` of the folder as ``pipeline``'s class; when the folder stores another
+    scheduler class, it is swapped for ``pipeline``'s, built from the stored scheduler config."""
     import mindspore as ms
 
     import mindscience_diffuser as msd
 
     pipeline_name, scheduler_name = PIPELINES[pipeline]
     dtype = ms.float16 if compute_dtype == "float16" else ms.float32
-    unet = msd.UNet2DModel.from_pretrained(model / "unet", compute_dtype=dtype)
-    scheduler_cls = getattr(msd, scheduler_name)
-    config = scheduler_cls.load_config(model / "scheduler") if (model / "scheduler").is_dir() else {}
-    scheduler = scheduler_cls.from_config(config, compute_dtype=dtype)
-    return getattr(msd, pipeline_name)(unet=unet, scheduler=scheduler)
+    stored = _model_index(model).get("scheduler") or [None]  # [library, class name]
+    swap = {}
+    if stored[-1] != scheduler_name:
+        scheduler_cls = getattr(msd, scheduler_name)
+        config = scheduler_cls.load_config(model / "scheduler") if (model / "scheduler").is_dir() else {}
+        swap["scheduler"] = scheduler_cls.from_config(config, compute_dtype=dtype)
+    return getattr(msd, pipeline_name).from_pretrained(model, compute_dtype=dtype, **swap)
 
 
 # ----------------------------------------------------------------------------- outputs
