@@ -47,7 +47,7 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- value parsers
 
 # One parser per kind of value, for a flag's text and a job file's value alike. Each returns the
 # value or raises ``ValueError`` with a message that reads after the option's name.
@@ -109,6 +109,8 @@ def _text(value: Any) -> str:
         return value
     raise ValueError(f"must be text (a path or a name), got {value!r}")
 
+
+# ----------------------------------------------------------------------------- helpers
 
 def _existing_path(text: str) -> Path:
     path = Path(text)
