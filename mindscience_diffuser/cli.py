@@ -2,7 +2,9 @@
 
 Sub-commands: ``sample``, ``train``, ``evaluate``, ``invert``, ``convert``. Each takes
 ``--config FILE.yaml`` (a flat mapping of the sub-command's option names) and flags that
-override the file. Bad input — a missing path, an unknown config key, an invalid value —
+override the file. One table per sub-command (:data:`COMMANDS`) declares every option once:
+argparse, the job-file keys, the help's defaults and the checks of job-file values (by the
+same parsers as the flags) all come from it. Bad input — a missing path, an unknown config key, an invalid value —
 prints one ``error:`` line and exits with status 2; outputs are written to a temporary
 file and renamed, so a failure never leaves a half-written file.
 """
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,20 +38,79 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line, exit status 2."""
 
 
-# ----------------------------------------------------------------------------- helpers
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad flag like every other bad input: the usage, then one ``error:`` line from
+    :func:`main` (status 2), which also returns normally when called from Python."""
 
-def _positive_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {value}")
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+# ----------------------------------------------------------------------------- value parsers
+
+# One parser per kind of value, for a flag's text and a job file's value alike. Each returns the
+# value or raises ``ValueError`` with a message that reads after the option's name.
+
+_TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")  # YAML's spellings, any case
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"must be an integer, got {value!r}")
 
-    return parse
 
+def _number(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())  # also "2e-4", which YAML reads as text
+        except ValueError:
+            pass
+    raise ValueError(f"must be a number, got {value!r}")
+
+
+def _in_range(parse: Callable[[Any], float], low: float, high: float, what: str) -> Callable[[Any], Any]:
+    def check(value: Any):
+        try:
+            number = parse(value)
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            raise ValueError(f"must be {what}, got {value!r}")
+        return number
+
+    return check
+
+
+_positive_int = _in_range(_integer, 1, math.inf, "a positive integer")
+_unit_interval = _in_range(_number, 0.0, 1.0, "a number in [0, 1]")
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    spellings = [f"{yes}/{no}" for yes, no in zip(_TRUE, _FALSE)]
+    raise ValueError(f"must be {', '.join(spellings[:-1])} or {spellings[-1]}, got {value!r}")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"must be text (a path or a name), got {value!r}")
+
+
+# ----------------------------------------------------------------------------- helpers
 
 def _existing_path(text: str) -> Path:
     path = Path(text)
@@ -87,79 +150,46 @@ def _load_array(path: Path) -> np.ndarray:
 
 def _model_dir(value: Optional[str]) -> Path:
     path = Path(value) if value else DEFAULT_MODEL_PATH
-    if not (path / "unet" / "config.json").is_file():
-        raise UsageError(f"--model must be a pipeline folder with unet/config.json (diffusers layout); {path} has none")
+    for name in ("model_index.json", "unet/config.json"):
+        if not (path / name).is_file():
+            raise UsageError(f"--model must be a pipeline folder with model_index.json and unet/config.json (diffusers layout); {path} has no {name}")
     return path
+
+
+def _model_index(model: Path) -> Dict[str, Any]:
+    from .configuration import _read_json
+
+    index = model / "model_index.json"
+    return _read_json(index) if index.is_file() else {}
 
 
 def _model_pipeline(model: Path) -> str:
     """The ``--pipeline`` name of the folder's own pipeline (``model_index.json``'s
     ``_class_name``); ``ddim`` when the folder names none this command line knows."""
-    from .configuration import _read_json
-
-    index = model / "model_index.json"
-    class_name = _read_json(index).get("_class_name") if index.is_file() else None
+    class_name = _model_index(model).get("_class_name")
     names = {pipeline_name: key for key, (pipeline_name, _) in PIPELINES.items()}
     return names.get(class_name, "ddim")
 
 
 def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
+    """``from_pretrained`` of the folder as ``pipeline``'s class; when the folder stores another
+    scheduler class, it is swapped for ``pipeline``'s, built from the stored scheduler config."""
     import mindspore as ms
 
     import mindscience_diffuser as msd
 
     pipeline_name, scheduler_name = PIPELINES[pipeline]
     dtype = ms.float16 if compute_dtype == "float16" else ms.float32
-    unet = msd.UNet2DModel.from_pretrained(model / "unet", compute_dtype=dtype)
-    scheduler_cls = getattr(msd, scheduler_name)
-    config = scheduler_cls.load_config(model / "scheduler") if (model / "scheduler").is_dir() else {}
-    scheduler = scheduler_cls.from_config(config, compute_dtype=dtype)
-    return getattr(msd, pipeline_name)(unet=unet, scheduler=scheduler)
+    stored = _model_index(model).get("scheduler") or [None]  # [library, class name]
+    swap = {}
+    if stored[-1] != scheduler_name:
+        scheduler_cls = getattr(msd, scheduler_name)
+        config = scheduler_cls.load_config(model / "scheduler") if (model / "scheduler").is_dir() else {}
+        swap["scheduler"] = scheduler_cls.from_config(config, compute_dtype=dtype)
+    return getattr(msd, pipeline_name).from_pretrained(model, compute_dtype=dtype, **swap)
 
 
-# ----------------------------------------------------------------------------- image grid
-
-_VIRIDIS = np.array(
-    [[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142], [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37]],
-    np.float64,
-)
-
-
-def colorize(field: np.ndarray) -> np.ndarray:
-    """A one-channel field in [0, 1] to RGB with a viridis-like map (perceptually ordered)."""
-    pos = np.clip(field, 0, 1) * (len(_VIRIDIS) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(_VIRIDIS) - 2)
-    frac = (pos - lo)[..., None]
-    return ((1 - frac) * _VIRIDIS[lo] + frac * _VIRIDIS[lo + 1]).astype(np.uint8)
-
-
-def image_grid(images: np.ndarray, columns: Optional[int] = None, pad: int = 2) -> np.ndarray:
-    """(B, H, W, C) in [0, 1] to one RGB uint8 grid image; one-channel fields are colour-mapped."""
-    batch, height, width, channels = images.shape
-    columns = columns or int(np.ceil(np.sqrt(batch)))
-    rows = int(np.ceil(batch / columns))
-    if channels == 1:
-        tiles = colorize(images[..., 0])
-    elif channels == 3:
-        tiles = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-    else:
-        tiles = colorize(images.mean(axis=-1))
-    grid = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, 3), 255, np.uint8)
-    for k in range(batch):
-        r, c = divmod(k, columns)
-        grid[pad + r * (height + pad): pad + r * (height + pad) + height, pad + c * (width + pad): pad + c * (width + pad) + width] = tiles[k]
-    return grid
-
-
-def save_png(path: Path, images: np.ndarray, scale: int = 1) -> Path:
-    from PIL import Image
-
-    grid = image_grid(images)
-    picture = Image.fromarray(grid)
-    if scale > 1:
-        picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    return _atomic_output(path, lambda tmp: picture.save(tmp, format="PNG"))
-
+# ----------------------------------------------------------------------------- outputs
 
 def save_npy(path: Path, array: np.ndarray) -> Path:
     def write(tmp: Path) -> None:
@@ -173,6 +203,7 @@ def save_npy(path: Path, array: np.ndarray) -> Path:
 
 def cmd_sample(opts: argparse.Namespace) -> int:
     _set_mode(opts.mode)
+    from . import imaging
     from .pipelines.pipeline_utils import to_images
 
     model = _model_dir(opts.model)
@@ -188,7 +219,7 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     samples = pipe(**kwargs).images
     seconds = time.perf_counter() - start
     images = to_images(samples, "np", scale_from_signed=pipe.signed_output)
-    out = save_png(Path(opts.output), images, scale=opts.scale)
+    out = _atomic_output(Path(opts.output), lambda tmp: imaging.save_png(tmp, images, scale=opts.scale))
     if opts.save_npy:
         # Model space (B, C, H, W), unclipped, like training and reference fields, so the file
         # goes straight into `evaluate --generated`; samplers working in [0, 1] are mapped to [-1, 1].
@@ -199,10 +230,40 @@ def cmd_sample(opts: argparse.Namespace) -> int:
 
 
 def cmd_train(opts: argparse.Namespace) -> int:
-    from .training import cli_train
-
+    """Build the data, a UNet (``--model-config`` or the small field UNet), a DDIM scheduler
+    with ``--prediction-type`` (x0 clipping only for image data) and a ``DiffusionTrainer``;
+    train ``--steps`` steps with checkpoints under ``--output`` (resuming from the newest one
+    with ``--resume``) and export the EMA model as the pipeline folder ``OUTPUT/final``."""
     _set_mode(opts.mode)
-    return cli_train(opts)
+    import mindspore as ms
+
+    from .models import UNet2DModel
+    from .schedulers import DDIMScheduler
+    from .training import DiffusionTrainer, dataset_from_spec, small_unet_config
+    from .training.datasets import IMAGE_SUFFIXES
+
+    data = dataset_from_spec(opts.data, num_samples=opts.num_samples, size=opts.resolution, seed=opts.seed)
+    if opts.model_config:
+        config = UNet2DModel.load_config(_existing_path(opts.model_config))
+    else:
+        config = small_unet_config(in_channels=data.sample_shape[0], sample_size=data.sample_shape[1])
+    ms.set_seed(opts.seed)
+    unet = UNet2DModel.from_config(config)
+    # Fields are not bounded images: DDIM's default x0 clipping to [-1, 1] would cut their tails.
+    spec = Path(str(opts.data))
+    images = spec.is_dir() or spec.suffix.lower() in IMAGE_SUFFIXES
+    scheduler = DDIMScheduler(prediction_type=opts.prediction_type, clip_sample=images)
+    trainer = DiffusionTrainer(
+        unet, scheduler,
+        learning_rate=opts.learning_rate, batch_size=opts.batch_size, loss=opts.loss,
+        weighting=None if opts.weighting == "none" else opts.weighting,
+        ema_decay=opts.ema_decay, seed=opts.seed, output_dir=opts.output, checkpoint_every=opts.checkpoint_every,
+    )
+    trainer.train(data, opts.steps, resume_from="latest" if opts.resume else None, log_every=None if opts.quiet else 10)
+    final = trainer.save_pretrained(Path(opts.output) / "final")
+    if not opts.quiet:
+        print(f"trained {trainer.step} steps; pipeline written to {final}")
+    return 0
 
 
 def cmd_evaluate(opts: argparse.Namespace) -> int:
@@ -275,82 +336,144 @@ def cmd_convert(opts: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- parser
+# ----------------------------------------------------------------------------- options
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML job file; flags override its values")
-    parser.add_argument("--mode", choices=["graph", "pynative"], help="MindSpore execution mode (default graph)")
-    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+@dataclass(frozen=True)
+class Option:
+    """One option of a sub-command: its flag ``--name-with-dashes``, its job-file key
+    ``name_with_underscores`` and its value's parser, default, help and choices."""
+
+    name: str
+    help: str
+    parse: Callable[[Any], Any] = _text
+    default: Any = None
+    choices: Tuple[str, ...] = ()
+    in_job_file: bool = True
+    required: bool = False
+    shown_default: Optional[str] = None  # the help's default where ``default`` alone does not say it
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> Any:
+        """``value`` parsed, or ``ValueError`` (the message reads after the option's name)."""
+        value = self.parse(value)
+        if self.choices and value not in self.choices:
+            raise ValueError(f"must be one of {list(self.choices)}, got {value!r}")
+        return value
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        shown = self.shown_default if self.shown_default is not None else self.default
+        text = self.help
+        if self.required:
+            text += " (required)"
+        elif shown is not None and self.parse is not _boolean:
+            text += f" (default: {shown})"
+        if self.parse is _boolean:
+            kind: Dict[str, Any] = {"action": "store_true"}
+        else:
+            kind = {"type": self._parse_flag, "choices": self.choices or None}
+        # Flags default to None, "not given", so a job file's value or the default shows through.
+        parser.add_argument(self.flag, dest=self.name, default=None, help=text, **kind)
+
+    def _parse_flag(self, text: str) -> Any:
+        try:
+            return self.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: Callable[[argparse.Namespace], int]
+    options: Tuple[Option, ...]
+
+    def job_file_keys(self) -> List[str]:
+        return [option.name for option in self.options if option.in_job_file]
+
+
+def _common(mode: str = "graph") -> Tuple[Option, ...]:
+    return (
+        Option("config", "YAML job file of option names (flags override its values)", in_job_file=False),
+        Option("mode", "MindSpore execution mode", default=mode, choices=("graph", "pynative")),
+        Option("quiet", "no progress bar", _boolean, default=False),
+    )
+
+
+COMMANDS: Tuple[Command, ...] = (
+    Command("sample", "generate samples and write a PNG grid", cmd_sample, _common() + (
+        Option("model", "pipeline folder (diffusers layout)", shown_default="the shipped field model"),
+        Option("pipeline", "sampler", choices=tuple(sorted(PIPELINES)), shown_default="the model folder's own pipeline, from model_index.json"),
+        Option("steps", "inference steps", _positive_int, shown_default="25; consistency: 1"),
+        Option("batch_size", "samples", _positive_int, default=16),
+        Option("seed", "random seed", _integer, default=0),
+        Option("eta", "DDIM eta in [0, 1]", _unit_interval, default=0.0),
+        Option("compute_dtype", "UNet and scheduler precision", default="float32", choices=("float32", "float16")),
+        Option("output", "PNG path", default="samples.png"),
+        Option("save_npy", "also save the samples as fields (B, C, H, W) in model space, unclipped, ready for evaluate"),
+        Option("scale", "PNG upscaling factor", _positive_int, default=4),
+    )),
+    Command("train", "train a UNet2DModel on fields or images", cmd_train, _common() + (
+        Option("data", "a .npy/.npz of (B, C, H, W) fields, an image folder, or synthetic:grf / synthetic:darcy", default="synthetic:grf"),
+        Option("output", "checkpoint folder (diffusers layout)", default="checkpoints"),
+        Option("model_config", "UNet config.json", shown_default="a small 3-level UNet"),
+        Option("resolution", "field size for synthetic data", _positive_int, default=32),
+        Option("num_samples", "synthetic fields to generate", _positive_int, default=2048),
+        Option("steps", "optimizer steps", _positive_int, default=1000),
+        Option("batch_size", "batch size", _positive_int, default=32),
+        Option("learning_rate", "learning rate", _number, default=2e-4),
+        Option("prediction_type", "regression target", default="epsilon", choices=("epsilon", "sample", "v_prediction")),
+        Option("loss", "loss", default="mse", choices=("mse", "l1")),
+        Option("weighting", "loss weighting", default="none", choices=("none", "p2", "min_snr")),
+        Option("ema_decay", "EMA decay", _number, default=0.999),
+        Option("checkpoint_every", "steps between checkpoints", _positive_int, default=200),
+        Option("resume", "continue from the checkpoint in --output", _boolean, default=False),
+        Option("seed", "random seed", _integer, default=0),
+    )),
+    Command("evaluate", "compare generated fields with reference fields (power spectrum, histogram)", cmd_evaluate, _common() + (
+        Option("generated", ".npy/.npz or image folder of generated fields", required=True),
+        Option("reference", ".npy/.npz or image folder of reference fields", required=True),
+        Option("output", "write the metrics as JSON here"),
+        Option("plot", "write a PNG of both radially averaged spectra here"),
+        Option("max_spectrum_error", "exit 1 if the spectrum error is larger", _number),
+    )),
+    Command("invert", "DPM-Solver inversion of fields to latents", cmd_invert, _common() + (
+        Option("model", "pipeline folder", shown_default="the shipped field model"),
+        Option("input", ".npy/.npz (B, C, H, W) fields in the model's range", required=True),
+        Option("steps", "inversion steps", _positive_int, default=25),
+        Option("output", ".npy path for the latents", default="latents.npy"),
+        Option("reconstruct", "also sample back from the latents and save the reconstruction here"),
+    )),
+    Command("convert", "diffusers folder (safetensors) <-> MindSpore .ckpt", cmd_convert, _common("pynative") + (
+        Option("input", "a diffusers UNet or pipeline folder, or a .ckpt", required=True),
+        Option("output", "a .ckpt path, or a folder for a .ckpt input", required=True),
+        Option("model_config", "the UNet's config.json (needed for a .ckpt input)"),
+    )),
+)
+
+
+def _command(name: str) -> Command:
+    return next(command for command in COMMANDS if command.name == name)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mindscience-diffuser", description=__doc__.split("\n")[0])
+    parser = _ArgumentParser(prog="mindscience-diffuser", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("sample", help="generate samples and write a PNG grid")
-    _common(p)
-    p.add_argument("--model", help="pipeline folder (diffusers layout); default: the shipped field model")
-    p.add_argument("--pipeline", choices=sorted(PIPELINES), help="sampler (default: the model folder's own pipeline, from model_index.json)")
-    p.add_argument("--steps", type=_positive_int("--steps"), help="inference steps (default 25)")
-    p.add_argument("--batch-size", dest="batch_size", type=_positive_int("--batch-size"), help="samples (default 16)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default 0)")
-    p.add_argument("--compute-dtype", dest="compute_dtype", choices=["float32", "float16"], help="default float32")
-    p.add_argument("--output", help="PNG path (default samples.png)")
-    p.add_argument("--save-npy", dest="save_npy", help="also save the samples as fields (B, C, H, W) in model space, unclipped, ready for evaluate")
-    p.add_argument("--scale", type=_positive_int("--scale"), help="PNG upscaling factor (default 4)")
-    p.set_defaults(handler=cmd_sample, defaults=dict(mode="graph", quiet=False, pipeline=None, steps=None, batch_size=16, seed=0, eta=0.0, compute_dtype="float32", output="samples.png", save_npy=None, scale=4, model=None))
-
-    p = sub.add_parser("train", help="train a UNet2DModel on fields or images")
-    _common(p)
-    p.add_argument("--data", help="a .npy/.npz of (B, C, H, W) fields, an image folder, or synthetic:grf / synthetic:darcy")
-    p.add_argument("--output", help="checkpoint folder (diffusers layout)")
-    p.add_argument("--model-config", dest="model_config", help="UNet config.json (default: a small 3-level UNet)")
-    p.add_argument("--resolution", type=_positive_int("--resolution"), help="field size for synthetic data (default 32)")
-    p.add_argument("--num-samples", dest="num_samples", type=_positive_int("--num-samples"), help="synthetic fields to generate (default 2048)")
-    p.add_argument("--steps", type=_positive_int("--steps"), help="optimizer steps (default 1000)")
-    p.add_argument("--batch-size", dest="batch_size", type=_positive_int("--batch-size"), help="default 32")
-    p.add_argument("--learning-rate", dest="learning_rate", type=float, help="default 2e-4")
-    p.add_argument("--prediction-type", dest="prediction_type", choices=["epsilon", "sample", "v_prediction"], help="default epsilon")
-    p.add_argument("--loss", choices=["mse", "l1"], help="default mse")
-    p.add_argument("--weighting", choices=["none", "p2", "min_snr"], help="loss weighting (default none)")
-    p.add_argument("--ema-decay", dest="ema_decay", type=float, help="default 0.999")
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=_positive_int("--checkpoint-every"), help="default 200")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from the checkpoint in --output")
-    p.add_argument("--seed", type=int, help="default 0")
-    p.set_defaults(handler=cmd_train, defaults=dict(mode="graph", quiet=False, data="synthetic:grf", output="checkpoints", model_config=None, resolution=32, num_samples=2048, steps=1000, batch_size=32, learning_rate=2e-4, prediction_type="epsilon", loss="mse", weighting="none", ema_decay=0.999, checkpoint_every=200, resume=False, seed=0))
-
-    p = sub.add_parser("evaluate", help="compare generated fields with reference fields (power spectrum, histogram)")
-    _common(p)
-    p.add_argument("--generated", help=".npy/.npz or image folder of generated fields")
-    p.add_argument("--reference", help=".npy/.npz or image folder of reference fields")
-    p.add_argument("--output", help="write the metrics as JSON here")
-    p.add_argument("--plot", help="write a PNG of both radially averaged spectra here")
-    p.add_argument("--max-spectrum-error", dest="max_spectrum_error", type=float, help="exit 1 if the spectrum error is larger")
-    p.set_defaults(handler=cmd_evaluate, defaults=dict(mode="graph", quiet=False, generated=None, reference=None, output=None, plot=None, max_spectrum_error=None))
-
-    p = sub.add_parser("invert", help="DPM-Solver inversion of fields to latents")
-    _common(p)
-    p.add_argument("--model", help="pipeline folder; default: the shipped field model")
-    p.add_argument("--input", help=".npy/.npz (B, C, H, W) fields in the model's range")
-    p.add_argument("--steps", type=_positive_int("--steps"), help="inversion steps (default 25)")
-    p.add_argument("--output", help=".npy path for the latents (default latents.npy)")
-    p.add_argument("--reconstruct", help="also sample back from the latents and save the reconstruction here")
-    p.set_defaults(handler=cmd_invert, defaults=dict(mode="graph", quiet=False, model=None, input=None, steps=25, output="latents.npy", reconstruct=None))
-
-    p = sub.add_parser("convert", help="diffusers folder (safetensors) <-> MindSpore .ckpt")
-    _common(p)
-    p.add_argument("--input", help="a diffusers UNet or pipeline folder, or a .ckpt")
-    p.add_argument("--output", help="a .ckpt path, or a folder for a .ckpt input")
-    p.add_argument("--model-config", dest="model_config", help="the UNet's config.json (needed for a .ckpt input)")
-    p.set_defaults(handler=cmd_convert, defaults=dict(mode="pynative", quiet=False, input=None, output=None, model_config=None))
+    for command in COMMANDS:
+        epilog = "job-file keys (--config): " + ", ".join(command.job_file_keys())
+        p = sub.add_parser(command.name, help=command.help, description=command.help, epilog=epilog)
+        for option in command.options:
+            option.add_to(p)
+        p.set_defaults(handler=command.handler)
     return parser
 
 
-REQUIRED = {"evaluate": ("generated", "reference"), "invert": ("input",), "convert": ("input", "output")}
-
-
-def _read_job_file(path: str, allowed: List[str]) -> Dict[str, Any]:
+def _read_job_file(path: str, command: Command) -> Dict[str, Any]:
+    """The job file's values, each checked by its option's parser; an empty value (``key:``)
+    leaves the option at its default."""
     import yaml
 
     file = _existing_path(path)
@@ -361,44 +484,36 @@ def _read_job_file(path: str, allowed: List[str]) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{file} must hold a mapping of option names to values")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    allowed = command.job_file_keys()
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise UsageError(f"unknown key(s) {unknown} in {file}; allowed: {sorted(allowed)}")
-    return data
+    values = {}
+    for option in command.options:
+        if data.get(option.name) is not None:
+            try:
+                values[option.name] = option.check(data[option.name])
+            except ValueError as err:
+                raise UsageError(f"{option.name} {err} (in {file})") from err
+    return values
 
 
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = build_parser()
-    opts = parser.parse_args(argv)
-    defaults = dict(opts.defaults)
-    merged = dict(defaults)
+    """Flags over the job file over the table's defaults."""
+    opts = build_parser().parse_args(argv)
+    command = _command(opts.command)
+    values = {option.name: option.default for option in command.options}
     if opts.config:
-        merged.update(_read_job_file(opts.config, list(defaults)))
-    for key in defaults:
-        value = getattr(opts, key, None)
+        values.update(_read_job_file(opts.config, command))
+    for option in command.options:
+        value = getattr(opts, option.name)
         if value is not None:
-            merged[key] = value
-    for key, value in merged.items():
-        setattr(opts, key, value)
-    for key in REQUIRED.get(opts.command, ()):
-        if getattr(opts, key) in (None, ""):
-            raise UsageError(f"{opts.command} needs --{key.replace('_', '-')}")
-    _validate(opts)
+            values[option.name] = value
+        if option.required and values[option.name] in (None, ""):
+            raise UsageError(f"{command.name} needs {option.flag}")
+    for name, value in values.items():
+        setattr(opts, name, value)
     return opts
-
-
-def _validate(opts: argparse.Namespace) -> None:
-    """Values that came from a job file skip argparse's checks: check them here."""
-    for key in ("steps", "batch_size", "num_samples", "resolution", "checkpoint_every", "scale"):
-        value = getattr(opts, key, None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"{key} must be a positive integer, got {value!r}")
-    if getattr(opts, "eta", None) is not None and not (isinstance(opts.eta, (int, float)) and 0.0 <= opts.eta <= 1.0):
-        raise UsageError(f"eta must be a number in [0, 1], got {opts.eta!r}")
-    if opts.command == "sample" and opts.pipeline is not None and opts.pipeline not in PIPELINES:
-        raise UsageError(f"pipeline must be one of {sorted(PIPELINES)}, got {opts.pipeline!r}")
-    if getattr(opts, "mode", None) not in ("graph", "pynative"):
-        raise UsageError(f"mode must be graph or pynative, got {opts.mode!r}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

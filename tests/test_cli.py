@@ -171,3 +171,58 @@ def test_invert_and_reconstruct(model_dir, tmp_path, capsys):
                "--reconstruct", recon, "--mode", "pynative", "--quiet") == 0
     assert np.load(latents).shape == (2, 1, 8, 8) and np.load(recon).shape == (2, 1, 8, 8)
     assert "reconstruction max abs error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "command,text,message",
+    [
+        ("sample", "compute_dtype: float64\n", "compute_dtype must be one of ['float32', 'float16'], got 'float64'"),
+        ("sample", "quiet: maybe\n", "quiet must be true/false, yes/no or on/off, got 'maybe'"),
+        ("train", "resume: 2\n", "resume must be true/false, yes/no or on/off, got 2"),
+        ("sample", "seed: 1.5\n", "seed must be an integer, got 1.5"),
+        ("sample", "batch_size: true\n", "batch_size must be a positive integer"),
+        ("sample", "mode: eager\n", "mode must be one of ['graph', 'pynative']"),
+        ("sample", "pipeline: heun\n", "pipeline must be one of"),
+        ("train", "learning_rate: fast\n", "learning_rate must be a number"),
+        ("sample", "config: other.yaml\n", "unknown key(s) ['config']"),
+    ],
+)
+def test_job_file_values_are_checked_by_the_flags_parsers(command, text, message, tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text(text)
+    assert run(command, "--config", job) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_job_file_values_parse_like_flags(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("quiet: yes\nresume: 'off'\nlearning_rate: 2e-4\nsteps: '7'\nmodel_config:\n")
+    opts = cli.parse(["train", "--config", str(job)])
+    assert opts.quiet is True and opts.resume is False and opts.steps == 7
+    assert opts.learning_rate == 2e-4 and opts.model_config is None  # YAML reads 2e-4 as text; empty = default
+    assert cli.parse(["train", "--config", str(job), "--steps", "3"]).steps == 3
+
+
+def test_one_table_builds_flags_job_keys_and_help_defaults():
+    parser = cli.build_parser()
+    for command in cli.COMMANDS:
+        sub = parser._subparsers._group_actions[0].choices[command.name]
+        flags = {a.dest: a for a in sub._actions if a.dest != "help"}
+        assert sorted(flags) == sorted(o.name for o in command.options)
+        assert command.job_file_keys() == [o.name for o in command.options if o.name != "config"]
+        for option in command.options:
+            assert option.flag in flags[option.name].option_strings
+            if option.default is not None and not isinstance(option.default, bool):
+                assert f"(default: {option.default})" in flags[option.name].help
+        defaults = vars(cli.parse([command.name, *[a for o in command.options if o.required for a in (o.flag, "x")]]))
+        assert all(defaults[o.name] == o.default for o in command.options if not o.required)
+    for job in CONFIGS.glob("*.yaml"):  # every shipped job file uses keys the table declares
+        command = cli._command("train" if job.stem == "train" else "sample")
+        assert cli._read_job_file(str(job), command)
+
+
+def test_a_bad_flag_is_one_error_line_and_status_2(capsys):
+    assert run("sample", "--compute-dtype", "float64") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "error:" in line] == [err[-1]] and "invalid choice" in err[-1]
