@@ -27,7 +27,7 @@ from mindspore import Tensor
 
 from ..configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig, _read_json, write_json_atomically
 from ..outputs import ImagePipelineOutput
-from ..utils import GeneratorLike, as_numpy_generator, check_choice
+from ..utils import GeneratorLike, as_numpy_generator, check_choice, check_positive
 from .sampling_loop import SamplingLoop, loop_class_for
 
 OUTPUT_TYPES = ("pil", "np", "ms", "latent")
@@ -37,12 +37,8 @@ PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 # ----------------------------------------------------------------------------- conversions
 
 def check_positive_int(name: str, value) -> int:
-    """``value`` as an int >= 1, else ``TypeError`` / ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return int(value)
+    """``value`` as an int >= 1: :func:`~mindscience_diffuser.utils.check_positive` with ``integer=True``."""
+    return check_positive(name, value, integer=True)
 
 
 def numpy_to_pil(images: np.ndarray) -> list:
