@@ -16,6 +16,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from ..io_utils import atomic_file
+
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 
@@ -98,18 +100,13 @@ def state_arrays(model: nn.Cell) -> Dict[str, np.ndarray]:
 
 
 def save_model_weights(model: nn.Cell, directory: Union[str, os.PathLike]) -> Path:
-    """Write ``diffusion_pytorch_model.safetensors`` via a temporary file and ``os.replace``,
+    """Write ``diffusion_pytorch_model.safetensors`` atomically (:func:`~..io_utils.atomic_file`),
     with the ``{"format": "pt"}`` metadata diffusers writes; returns its path."""
     from safetensors.numpy import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / WEIGHTS_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_file(path) as tmp:
         save_file(state_arrays(model), str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
