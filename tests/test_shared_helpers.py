@@ -1,4 +1,6 @@
-"""The helpers every module shares: the argument check, atomic file and folder writes."""
+"""The helpers every module shares: the argument check, atomic file and folder writes, the
+``model_index.json`` writer."""
+import json
 import math
 import os
 import stat
@@ -174,3 +176,22 @@ def test_errors_name_the_path_the_caller_gave(tmp_path):
             raise OSError("disk full")
     assert str(err.value) == f"cannot write {tmp_path / 'weights.bin'}: disk full"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ---- model_index.json ------------------------------------------------------------------------
+
+
+def test_pipeline_and_trainer_write_the_same_model_index(tmp_path):
+    from mindscience_diffuser import DDIMPipeline, DDIMScheduler, UNet2DModel
+    from mindscience_diffuser.pipelines.pipeline_utils import model_index
+    from mindscience_diffuser.training import DiffusionTrainer
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,), layers_per_block=1,
+                       down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=4)
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    pipe = DDIMPipeline(unet, scheduler)
+    by_pipeline = json.loads((pipe.save_pretrained(tmp_path / "a") / "model_index.json").read_text())
+    trainer = DiffusionTrainer(unet, scheduler, ema_decay=None)
+    by_trainer = json.loads((trainer.save_pretrained(tmp_path / "b") / "model_index.json").read_text())
+    assert by_pipeline == by_trainer == dict(pipe.config) == model_index("DDIMPipeline", pipe.components)
+    assert by_trainer["unet"] == ["diffusers", "UNet2DModel"] and by_trainer["_class_name"] == "DDIMPipeline"
