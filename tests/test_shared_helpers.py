@@ -56,16 +56,17 @@ def test_check_positive_wrong_value_is_a_value_error(value, kind, allowed):
 
 
 def test_every_former_copy_uses_the_one_policy():
-    """Pipelines, UNet config and field generators: a float where an int belongs
+    """Pipelines, UNet config, field generators and trainer options: a float where an int belongs
     is a TypeError (that is also a ValueError), a zero is a ValueError."""
     from mindscience_diffuser.models import UNet2DModel
     from mindscience_diffuser.pipelines.pipeline_utils import check_positive_int
-    from mindscience_diffuser.training import gaussian_random_field
+    from mindscience_diffuser.training import TrainerConfig, gaussian_random_field
 
     calls = [
         lambda v: check_positive_int("num_inference_steps", v),
         lambda v: UNet2DModel(layers_per_block=v),
         lambda v: gaussian_random_field(v),
+        lambda v: TrainerConfig(batch_size=v),
     ]
     for call in calls:
         with pytest.raises(ArgumentTypeError):
