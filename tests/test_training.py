@@ -310,6 +310,26 @@ def test_options_are_one_frozen_validated_config(tmp_path, fields):
     assert TrainerConfig.from_hparams(state["hparams"], output_dir=tmp_path / "run") == config
 
 
+def test_a_checkpoint_with_mismatched_ema_weights_is_rejected_before_anything_is_restored(tmp_path, fields):
+    """The EMA weights go through the same strict check as the model's: every missing or
+    unexpected key is named, and neither the model nor the step changes."""
+    from safetensors.numpy import load_file, save_file
+
+    trainer = DiffusionTrainer(tiny_unet(), DDPMScheduler(num_train_timesteps=100), batch_size=4, output_dir=tmp_path)
+    trainer.train(fields, 1)
+    ema_file = latest_checkpoint(tmp_path) / "unet_ema" / "diffusion_pytorch_model.safetensors"
+    arrays = load_file(str(ema_file))
+    del arrays["conv_in.bias"]
+    arrays["extra.weight"] = np.zeros(2, np.float32)
+    save_file(arrays, str(ema_file))
+    fresh = DiffusionTrainer(tiny_unet(), DDPMScheduler(num_train_timesteps=100), batch_size=4)
+    before = params(fresh.model)
+    with pytest.raises(ValueError, match="EMA weights in .*missing keys.*conv_in.bias.*unexpected keys.*extra.weight"):
+        fresh.load_checkpoint(latest_checkpoint(tmp_path))
+    after = params(fresh.model)
+    assert fresh.step == 0 and all(np.array_equal(before[k], after[k]) for k in before)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(batch_size="16"), "batch_size must be a positive int, got str"),
     (dict(learning_rate=None), "learning_rate must be a positive number, got NoneType"),

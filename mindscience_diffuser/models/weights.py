@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Union
+from typing import Any, Dict, Mapping, Sequence, Union
 
 import mindspore as ms
 import numpy as np
@@ -61,19 +61,20 @@ def model_state(model: nn.Cell) -> Dict[str, ms.Parameter]:
     return {name: param for name, param in model.parameters_and_names()}
 
 
-def load_state_dict(model: nn.Cell, arrays: Dict[str, np.ndarray], source: str = "weights") -> None:
-    """Copy ``arrays`` into ``model``'s parameters (cast to each parameter's dtype).
+def check_state_arrays(expected: Mapping[str, Sequence[int]], arrays: Mapping[str, Any], source: str = "weights",
+                       target: str = "model") -> None:
+    """The strict weight check: ``arrays`` (anything with a ``.shape``) must hold exactly the
+    names of ``expected`` (name -> shape), each with its shape.
 
     Raises ``ValueError`` listing missing keys, unexpected keys and shape mismatches, all at
-    once, and leaves the model untouched in that case.
+    once: "``source`` do not fit the ``target`` config: ...".
     """
-    params = model_state(model)
-    missing = sorted(set(params) - set(arrays))
-    unexpected = sorted(set(arrays) - set(params))
+    missing = sorted(set(expected) - set(arrays))
+    unexpected = sorted(set(arrays) - set(expected))
     wrong_shape = sorted(
-        f"{k}: file {tuple(arrays[k].shape)}, model {tuple(params[k].shape)}"
-        for k in set(params) & set(arrays)
-        if tuple(arrays[k].shape) != tuple(params[k].shape)
+        f"{k}: file {tuple(arrays[k].shape)}, model {tuple(expected[k])}"
+        for k in set(expected) & set(arrays)
+        if tuple(arrays[k].shape) != tuple(expected[k])
     )
     if missing or unexpected or wrong_shape:
         parts = []
@@ -83,7 +84,17 @@ def load_state_dict(model: nn.Cell, arrays: Dict[str, np.ndarray], source: str =
             parts.append(f"unexpected keys {unexpected}")
         if wrong_shape:
             parts.append(f"wrong shapes {wrong_shape}")
-        raise ValueError(f"{source} do not fit the {type(model).__name__} config: " + "; ".join(parts))
+        raise ValueError(f"{source} do not fit the {target} config: " + "; ".join(parts))
+
+
+def load_state_dict(model: nn.Cell, arrays: Dict[str, np.ndarray], source: str = "weights") -> None:
+    """Copy ``arrays`` into ``model``'s parameters (cast to each parameter's dtype).
+
+    Raises ``ValueError`` listing missing keys, unexpected keys and shape mismatches, all at
+    once (:func:`check_state_arrays`), and leaves the model untouched in that case.
+    """
+    params = model_state(model)
+    check_state_arrays({name: param.shape for name, param in params.items()}, arrays, source, type(model).__name__)
     for name, param in params.items():
         np_dtype = _NP_DTYPES.get(param.dtype, np.float32)
         param.set_data(ms.Tensor(np.ascontiguousarray(arrays[name], dtype=np_dtype)))

@@ -26,7 +26,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ..configuration import write_json_atomically
 from ..io_utils import atomic_folder
-from ..models.weights import WEIGHTS_NAME, load_model_weights, state_arrays
+from ..models.weights import WEIGHTS_NAME, check_state_arrays, load_model_weights, read_weights, state_arrays
 from ..utils import check_choice, check_positive
 from .datasets import BatchOrder, FieldDataset, as_dataset
 
@@ -651,9 +651,13 @@ class DiffusionTrainer:
         seed = self.config.seed
         if state.get("hparams", {}).get("seed", seed) != seed:
             raise ValueError(f"checkpoint was trained with seed {state['hparams']['seed']}, this trainer has seed {seed}")
+        ema = None
+        if self.ema_params is not None:  # checked before anything is restored
+            ema = read_weights(directory / EMA_DIR)
+            check_state_arrays({key: p.shape for key, p in zip(self._ema_keys, self.ema_params)}, ema,
+                               f"EMA weights in {directory / EMA_DIR}", type(self.model).__name__)
         load_model_weights(self.model, directory / "unet")
-        if self.ema_params is not None:
-            ema = load_file(str(directory / EMA_DIR / WEIGHTS_NAME))
+        if ema is not None:
             for key, p in zip(self._ema_keys, self.ema_params):
                 p.set_data(Tensor(ema[key]))
         opt_arrays = load_file(str(directory / OPTIMIZER_NAME))
