@@ -336,6 +336,8 @@ def test_a_checkpoint_with_mismatched_ema_weights_is_rejected_before_anything_is
     (dict(seed=1.5), "seed must be a non-negative int"),
     (dict(ema_decay="0.9"), "ema_decay"),
     (dict(num_training_steps=True), "num_training_steps"),
+    (dict(output_dir=3), "output_dir must be None or a path"),
+    (dict(data_parallel="no"), "data_parallel must be True or False"),
 ])
 def test_trainer_options_of_a_wrong_type_raise_type_error(kwargs, match):
     with pytest.raises(TypeError, match=match):

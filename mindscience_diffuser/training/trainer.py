@@ -27,7 +27,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from ..configuration import write_json_atomically
 from ..io_utils import atomic_folder
 from ..models.weights import WEIGHTS_NAME, check_state_arrays, load_model_weights, read_weights, state_arrays
-from ..utils import check_choice, check_positive
+from ..utils import ArgumentTypeError, check_choice, check_positive
 from .datasets import BatchOrder, FieldDataset, as_dataset
 
 LOSSES = ("mse", "l1")
@@ -235,12 +235,12 @@ class TrainerConfig:
         lr_decay_steps: decay over only this many final steps (an int >= 1 that fits after the
             warm-up; ``None``: every step after the warm-up); only with a decaying ``lr_schedule``.
         seed: fixes the batch order and every noise/timestep draw (an int >= 0).
-        output_dir: where ``checkpoint-<step>`` directories go (``None``: no checkpoints); must
+        output_dir: a path (str or ``os.PathLike``) where ``checkpoint-<step>`` directories go (``None``: no checkpoints); must
             not be an existing file (``OSError``).
         checkpoint_every: save every this many steps (an int >= 1; ``None``: only when
             :meth:`DiffusionTrainer.train` returns, which always saves).
         keep_checkpoints: how many recent checkpoints to keep (an int >= 1; older ones are deleted).
-        data_parallel: all-reduce gradients across the ranks of a ``msrun`` launch (see docs/training.md).
+        data_parallel: ``True`` all-reduces gradients across the ranks of a ``msrun`` launch (see docs/training.md).
 
     >>> config = TrainerConfig(batch_size=8, lr_schedule="cosine", num_training_steps=100)
     >>> config.batch_size, config.hparams()["lr_schedule"]
@@ -311,9 +311,13 @@ class TrainerConfig:
             store("ema_decay", ema_decay)
         store("seed", check_positive("seed", self.seed, integer=True, allow_zero=True))
         if self.output_dir is not None:
+            if not isinstance(self.output_dir, (str, os.PathLike)):
+                raise ArgumentTypeError(f"output_dir must be None or a path (str or os.PathLike), got {type(self.output_dir).__name__}")
             store("output_dir", Path(self.output_dir))
             if self.output_dir.is_file():
                 raise OSError(f"output_dir must be a directory, but {self.output_dir} is a file")
+        if not isinstance(self.data_parallel, (bool, np.bool_)):
+            raise ArgumentTypeError(f"data_parallel must be True or False, got {type(self.data_parallel).__name__} {self.data_parallel!r}")
         store("data_parallel", bool(self.data_parallel))
 
     def hparams(self) -> Dict[str, object]:
