@@ -22,6 +22,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
+from .io_utils import atomic_file
+
 logger = logging.getLogger("mindscience_diffuser")
 
 #: The diffusers release whose file formats this package reads and writes.
@@ -98,13 +100,11 @@ def _read_json(path: Path) -> Dict[str, Any]:
 
 
 def write_json_atomically(path: Union[str, os.PathLike], data: Mapping[str, Any]) -> None:
-    """Write ``data`` as diffusers does (indent 2, sorted keys) via a temporary file, so a
-    failure never leaves a half-written config behind."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(dict(data), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write ``data`` as diffusers does (indent 2, sorted keys) with :func:`~.io_utils.atomic_file`,
+    so a failure never leaves a half-written config behind."""
+    text = json.dumps(dict(data), indent=2, sort_keys=True) + "\n"
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 class ConfigMixin:

@@ -18,6 +18,52 @@ def check_compute_dtype(compute_dtype) -> "ms.dtype":
     return compute_dtype
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (a ``TypeError``).
+
+    It is a ``ValueError`` too, so code written against the options that raised ``ValueError``
+    for every bad argument (the trainer, the UNet config, the field generators) keeps catching it.
+    """
+
+
+def check_positive(name: str, value, integer: bool = False, allow_zero: bool = False, minimum=None):
+    """``value`` as a positive number (``int`` if ``integer``, else ``float``), else an error naming ``name``.
+
+    The one argument check of the package: ``bool`` is never a number here, and ``integer``
+    accepts Python and numpy ints only (``2.0`` is a wrong type, as in ``range``).
+    ``allow_zero`` admits 0; ``minimum`` (inclusive) replaces the lower bound altogether.
+
+    Raises :class:`ArgumentTypeError` (a ``TypeError``) for a wrong type and ``ValueError`` for a
+    value below the bound, each message naming the argument and what it allows.
+
+    >>> check_positive("batch_size", 4, integer=True)
+    4
+    >>> check_positive("p2_gamma", 0, allow_zero=True)
+    0.0
+    >>> check_positive("size", 1, integer=True, minimum=2)
+    Traceback (most recent call last):
+        ...
+    ValueError: size must be an int >= 2, got 1 (at least 2)
+    """
+    kind = "int" if integer else "number"
+    if minimum is not None:
+        allowed = f"an int >= {minimum}" if integer else f"a number >= {minimum}"
+    else:
+        allowed = f"a {'non-negative' if allow_zero else 'positive'} {kind}"
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ArgumentTypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+    if minimum is not None:
+        ok = value >= minimum
+    else:
+        ok = value >= 0 if allow_zero else value > 0
+    if not ok:  # also False for NaN
+        bound = minimum if minimum is not None else 0 if allow_zero else 1 if integer else None
+        limit = f"at least {bound}" if bound is not None else "greater than 0"
+        raise ValueError(f"{name} must be {allowed}, got {value!r} ({limit})")
+    return int(value) if integer else float(value)
+
+
 def check_choice(name: str, value, allowed: Sequence) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:

@@ -18,6 +18,7 @@ from mindscience_diffuser.training import (
     FieldDataset,
     ImageFolderDataset,
     SyntheticFieldDataset,
+    TrainerConfig,
     as_dataset,
     latest_checkpoint,
     learning_rate_at,
@@ -274,6 +275,72 @@ def test_trainer_follows_its_schedule_and_stops_at_its_end(fields):
 ])
 def test_bad_trainer_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        DiffusionTrainer(HalfModel(), DDPMScheduler(), **kwargs)
+
+
+def test_options_are_one_frozen_validated_config(tmp_path, fields):
+    """The constructor's keywords are TrainerConfig's fields (same names, same defaults); the
+    trainer keeps them once, as ``trainer.config``, and checkpoints store its hparams."""
+    import dataclasses
+    import inspect
+
+    keywords = {name: p.default for name, p in inspect.signature(DiffusionTrainer).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keywords == {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
+
+    trainer = DiffusionTrainer(tiny_unet(), DDPMScheduler(num_train_timesteps=100), batch_size=np.int64(4), ema_decay=None,
+                               learning_rate=1, output_dir=str(tmp_path / "run"), seed=7)
+    config = trainer.config
+    assert isinstance(config, TrainerConfig)
+    assert (config.batch_size, config.learning_rate, config.output_dir) == (4, 1.0, tmp_path / "run")
+    assert type(config.batch_size) is int and type(config.learning_rate) is float
+    for copy in ("hparams", "batch_size", "seed", "learning_rate", "warmup_steps", "ema_decay", "output_dir",
+                 "checkpoint_every", "keep_checkpoints", "data_parallel"):
+        assert not hasattr(trainer, copy), copy
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.batch_size = 8
+    with pytest.raises(ValueError, match="batch_size"):
+        dataclasses.replace(config, batch_size=0)
+
+    trainer.train(fields, 2)
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "trainer_state.json").read_text())
+    assert state["hparams"] == dict(config.hparams(), prediction_type="epsilon")
+    assert set(state["hparams"]) == {f.name for f in dataclasses.fields(TrainerConfig)} - {
+        "output_dir", "checkpoint_every", "keep_checkpoints", "data_parallel"} | {"prediction_type"}
+    assert TrainerConfig.from_hparams(state["hparams"], output_dir=tmp_path / "run") == config
+
+
+def test_a_checkpoint_with_mismatched_ema_weights_is_rejected_before_anything_is_restored(tmp_path, fields):
+    """The EMA weights go through the same strict check as the model's: every missing or
+    unexpected key is named, and neither the model nor the step changes."""
+    from safetensors.numpy import load_file, save_file
+
+    trainer = DiffusionTrainer(tiny_unet(), DDPMScheduler(num_train_timesteps=100), batch_size=4, output_dir=tmp_path)
+    trainer.train(fields, 1)
+    ema_file = latest_checkpoint(tmp_path) / "unet_ema" / "diffusion_pytorch_model.safetensors"
+    arrays = load_file(str(ema_file))
+    del arrays["conv_in.bias"]
+    arrays["extra.weight"] = np.zeros(2, np.float32)
+    save_file(arrays, str(ema_file))
+    fresh = DiffusionTrainer(tiny_unet(), DDPMScheduler(num_train_timesteps=100), batch_size=4)
+    before = params(fresh.model)
+    with pytest.raises(ValueError, match="EMA weights in .*missing keys.*conv_in.bias.*unexpected keys.*extra.weight"):
+        fresh.load_checkpoint(latest_checkpoint(tmp_path))
+    after = params(fresh.model)
+    assert fresh.step == 0 and all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(batch_size="16"), "batch_size must be a positive int, got str"),
+    (dict(learning_rate=None), "learning_rate must be a positive number, got NoneType"),
+    (dict(seed=1.5), "seed must be a non-negative int"),
+    (dict(ema_decay="0.9"), "ema_decay"),
+    (dict(num_training_steps=True), "num_training_steps"),
+    (dict(output_dir=3), "output_dir must be None or a path"),
+    (dict(data_parallel="no"), "data_parallel must be True or False"),
+])
+def test_trainer_options_of_a_wrong_type_raise_type_error(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         DiffusionTrainer(HalfModel(), DDPMScheduler(), **kwargs)
 
 

@@ -10,7 +10,7 @@ from mindspore import Tensor, nn, ops
 
 from ..configuration import ConfigMixin, register_to_config
 from ..outputs import UNet2DOutput
-from ..utils import check_choice, check_compute_dtype
+from ..utils import check_choice, check_compute_dtype, check_positive
 from .blocks import (
     DOWN_BLOCKS,
     MID_BLOCK_TYPES,
@@ -28,11 +28,6 @@ from .weights import load_model_weights, save_model_weights
 TIME_EMBEDDING_TYPES = ("positional", "fourier", "learned")
 CLASS_EMBED_TYPES = (None, "timestep", "identity")
 SKIP_BLOCKS = ("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D")
-
-
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 class UNet2DModel(nn.Cell, ConfigMixin):
@@ -237,18 +232,18 @@ class UNet2DModel(nn.Cell, ConfigMixin):
         if not block_out_channels:
             raise ValueError("block_out_channels must not be empty")
         for c in block_out_channels:
-            _check_int("block_out_channels entries", c)
-        _check_int("layers_per_block", layers_per_block)
-        _check_int("in_channels", in_channels)
-        _check_int("out_channels", out_channels)
-        _check_int("downsample_padding", downsample_padding, minimum=0)
+            check_positive("block_out_channels entries", c, integer=True)
+        check_positive("layers_per_block", layers_per_block, integer=True)
+        check_positive("in_channels", in_channels, integer=True)
+        check_positive("out_channels", out_channels, integer=True)
+        check_positive("downsample_padding", downsample_padding, integer=True, allow_zero=True)
         check_choice("mid_block_type", mid_block_type, MID_BLOCK_TYPES)
         check_choice("time_embedding_type", time_embedding_type, TIME_EMBEDDING_TYPES)
         if time_embedding_type == "learned":
-            _check_int("num_train_timesteps (required by time_embedding_type='learned')", num_train_timesteps)
+            check_positive("num_train_timesteps (required by time_embedding_type='learned')", num_train_timesteps, integer=True)
         check_choice("class_embed_type", class_embed_type, CLASS_EMBED_TYPES)
         if num_class_embeds is not None:
-            _check_int("num_class_embeds", num_class_embeds)
+            check_positive("num_class_embeds", num_class_embeds, integer=True)
         check_choice("act_fn", act_fn.lower() if isinstance(act_fn, str) else act_fn, ACTIVATIONS)
         check_choice("resnet_time_scale_shift", resnet_time_scale_shift, TIME_SCALE_SHIFTS)
         check_choice("downsample_type", downsample_type, RESAMPLE_TYPES)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Union
+from typing import Any, Dict, Mapping, Sequence, Union
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
+
+from ..io_utils import atomic_file
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -59,19 +61,20 @@ def model_state(model: nn.Cell) -> Dict[str, ms.Parameter]:
     return {name: param for name, param in model.parameters_and_names()}
 
 
-def load_state_dict(model: nn.Cell, arrays: Dict[str, np.ndarray], source: str = "weights") -> None:
-    """Copy ``arrays`` into ``model``'s parameters (cast to each parameter's dtype).
+def check_state_arrays(expected: Mapping[str, Sequence[int]], arrays: Mapping[str, Any], source: str = "weights",
+                       target: str = "model") -> None:
+    """The strict weight check: ``arrays`` (anything with a ``.shape``) must hold exactly the
+    names of ``expected`` (name -> shape), each with its shape.
 
     Raises ``ValueError`` listing missing keys, unexpected keys and shape mismatches, all at
-    once, and leaves the model untouched in that case.
+    once: "``source`` do not fit the ``target`` config: ...".
     """
-    params = model_state(model)
-    missing = sorted(set(params) - set(arrays))
-    unexpected = sorted(set(arrays) - set(params))
+    missing = sorted(set(expected) - set(arrays))
+    unexpected = sorted(set(arrays) - set(expected))
     wrong_shape = sorted(
-        f"{k}: file {tuple(arrays[k].shape)}, model {tuple(params[k].shape)}"
-        for k in set(params) & set(arrays)
-        if tuple(arrays[k].shape) != tuple(params[k].shape)
+        f"{k}: file {tuple(arrays[k].shape)}, model {tuple(expected[k])}"
+        for k in set(expected) & set(arrays)
+        if tuple(arrays[k].shape) != tuple(expected[k])
     )
     if missing or unexpected or wrong_shape:
         parts = []
@@ -81,7 +84,17 @@ def load_state_dict(model: nn.Cell, arrays: Dict[str, np.ndarray], source: str =
             parts.append(f"unexpected keys {unexpected}")
         if wrong_shape:
             parts.append(f"wrong shapes {wrong_shape}")
-        raise ValueError(f"{source} do not fit the {type(model).__name__} config: " + "; ".join(parts))
+        raise ValueError(f"{source} do not fit the {target} config: " + "; ".join(parts))
+
+
+def load_state_dict(model: nn.Cell, arrays: Dict[str, np.ndarray], source: str = "weights") -> None:
+    """Copy ``arrays`` into ``model``'s parameters (cast to each parameter's dtype).
+
+    Raises ``ValueError`` listing missing keys, unexpected keys and shape mismatches, all at
+    once (:func:`check_state_arrays`), and leaves the model untouched in that case.
+    """
+    params = model_state(model)
+    check_state_arrays({name: param.shape for name, param in params.items()}, arrays, source, type(model).__name__)
     for name, param in params.items():
         np_dtype = _NP_DTYPES.get(param.dtype, np.float32)
         param.set_data(ms.Tensor(np.ascontiguousarray(arrays[name], dtype=np_dtype)))
@@ -98,18 +111,13 @@ def state_arrays(model: nn.Cell) -> Dict[str, np.ndarray]:
 
 
 def save_model_weights(model: nn.Cell, directory: Union[str, os.PathLike]) -> Path:
-    """Write ``diffusion_pytorch_model.safetensors`` via a temporary file and ``os.replace``,
+    """Write ``diffusion_pytorch_model.safetensors`` atomically (:func:`~..io_utils.atomic_file`),
     with the ``{"format": "pt"}`` metadata diffusers writes; returns its path."""
     from safetensors.numpy import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / WEIGHTS_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_file(path) as tmp:
         save_file(state_arrays(model), str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

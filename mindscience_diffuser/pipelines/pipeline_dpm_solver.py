@@ -7,8 +7,8 @@ from mindspore import Tensor
 
 from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
 from ..schedulers.dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
-from ..utils import GeneratorLike
-from .pipeline_utils import DiffusionPipeline, check_positive_int, convert_scheduler, images_to_samples
+from ..utils import GeneratorLike, check_positive
+from .pipeline_utils import DiffusionPipeline, convert_scheduler, images_to_samples
 
 
 class DPMSolverPipeline(DiffusionPipeline):
@@ -62,7 +62,7 @@ class DPMSolverPipeline(DiffusionPipeline):
         (B, H, W, C) numpy array in [0, 1]), or model-space samples (a (B, C, H, W) MindSpore
         Tensor, in [-1, 1] for image models).
         """
-        check_positive_int("num_inference_steps", num_inference_steps)
+        check_positive("num_inference_steps", num_inference_steps, integer=True)
         samples = images_to_samples(images_or_samples)
         expected = self._sample_shape(samples.shape[0], samples)
         if tuple(samples.shape) != expected:

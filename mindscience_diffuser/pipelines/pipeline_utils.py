@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -27,9 +27,9 @@ from mindspore import Tensor
 
 from ..configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig, _read_json, write_json_atomically
 from ..outputs import ImagePipelineOutput
-from ..utils import GeneratorLike, as_numpy_generator, check_choice
 from ..schedulers.base import VPSchedulerBase
 from ..schedulers.euler_discrete import EulerDiscreteScheduler
+from ..utils import GeneratorLike, as_numpy_generator, check_choice, check_positive
 from .sampling_loop import SamplingLoop, loop_constants_for
 
 OUTPUT_TYPES = ("pil", "np", "ms", "latent")
@@ -37,15 +37,6 @@ PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 # ----------------------------------------------------------------------------- conversions
-
-def check_positive_int(name: str, value) -> int:
-    """``value`` as an int >= 1, else ``TypeError`` / ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return int(value)
-
 
 def numpy_to_pil(images: np.ndarray) -> list:
     """(B, H, W, C) floats in [0, 1] -> PIL images: 1 channel "L", 3 "RGB", 4 "RGBA"."""
@@ -138,6 +129,42 @@ def _component_classes() -> Dict[str, type]:
     return classes
 
 
+MODEL_INDEX_NAME = "model_index.json"
+
+
+def model_index(pipeline_class: str, components: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``model_index.json`` content of a pipeline folder: ``_class_name``, the format
+    version, and each component's ``["diffusers", class name]`` (``[None, None]`` for ``None``).
+
+    >>> from mindscience_diffuser import DDIMScheduler
+    >>> model_index("DDIMPipeline", {"scheduler": DDIMScheduler(), "unet": None})["scheduler"]
+    ['diffusers', 'DDIMScheduler']
+    """
+    data: Dict[str, Any] = {"_class_name": pipeline_class, "_diffusers_version": DIFFUSERS_FORMAT_VERSION}
+    for name, module in components.items():
+        data[name] = ["diffusers", type(module).__name__] if module is not None else [None, None]
+    return data
+
+
+def save_pipeline_folder(save_directory: Union[str, os.PathLike], pipeline_class: str, components: Mapping[str, Any]) -> Path:
+    """Write diffusers' pipeline layout: each component in its subfolder (``save_pretrained``
+    where it has one, else ``save_config``: ``unet/`` config + safetensors, ``scheduler/``
+    ``scheduler_config.json``), then ``model_index.json`` naming ``pipeline_class``."""
+    directory = Path(save_directory)
+    if directory.is_file():
+        raise OSError(f"save_directory must be a directory, but {directory} is a file")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, module in components.items():
+        if module is None:
+            continue
+        if hasattr(module, "save_pretrained"):
+            module.save_pretrained(directory / name)
+        else:
+            module.save_config(directory / name)
+    write_json_atomically(directory / MODEL_INDEX_NAME, model_index(pipeline_class, components))
+    return directory
+
+
 def _pipeline_classes() -> Dict[str, type]:
     from . import PIPELINES
 
@@ -157,7 +184,7 @@ class DiffusionPipeline:
     ``ms.jit`` when ``use_jit`` is True.
     """
 
-    config_name = "model_index.json"
+    config_name = MODEL_INDEX_NAME
     #: schedulers this pipeline's ``__call__`` can drive (checked at call time)
     supported_schedulers: Tuple[type, ...] = ()
     #: how the error for another scheduler names the supported ones (default: their class names)
@@ -186,28 +213,13 @@ class DiffusionPipeline:
     @property
     def config(self) -> FrozenConfig:
         """The ``model_index.json`` content: each component's ``(library, class name)``."""
-        data = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_FORMAT_VERSION}
-        for name, module in self.components.items():
-            data[name] = ["diffusers", type(module).__name__] if module is not None else [None, None]
-        return FrozenConfig(data)
+        return FrozenConfig(model_index(type(self).__name__, self.components))
 
     # -- save / load ---------------------------------------------------------------------------
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> Path:
         """Write ``model_index.json``, ``unet/`` (config + safetensors) and ``scheduler/``
         (``scheduler_config.json``) as diffusers' ``save_pretrained`` does; returns the folder."""
-        directory = Path(save_directory)
-        if directory.is_file():
-            raise OSError(f"save_directory must be a directory, but {directory} is a file")
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, module in self.components.items():
-            if module is None:
-                continue
-            if hasattr(module, "save_pretrained"):
-                module.save_pretrained(directory / name)
-            else:
-                module.save_config(directory / name)
-        write_json_atomically(directory / self.config_name, dict(self.config))
-        return directory
+        return save_pipeline_folder(save_directory, type(self).__name__, self.components)
 
     @classmethod
     def from_pretrained(cls, pretrained_path: Union[str, os.PathLike], compute_dtype=ms.float32, **components):
@@ -307,9 +319,9 @@ class DiffusionPipeline:
     ):
         """The shared ``__call__``: validate, schedule, draw (latents, class labels, step noise)
         from one generator, run the loop, convert to ``output_type``."""
-        batch_size = check_positive_int("batch_size", batch_size)
+        batch_size = check_positive("batch_size", batch_size, integer=True)
         if num_inference_steps is not None:
-            check_positive_int("num_inference_steps", num_inference_steps)
+            check_positive("num_inference_steps", num_inference_steps, integer=True)
         check_choice("output_type", output_type, OUTPUT_TYPES)
         shape = self._sample_shape(batch_size, latents)
         if output_type == "pil" and shape[1] not in PIL_MODES:

@@ -23,7 +23,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from ..configuration import ConfigMixin
-from ..utils import GeneratorLike, check_choice, check_compute_dtype, randn
+from ..utils import GeneratorLike, check_choice, check_compute_dtype, check_positive, randn
 from . import schedules
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -145,10 +145,7 @@ class SchedulerBase(nn.Cell, ConfigMixin):
             raise ValueError(f"{type(self).__name__}.step was called before set_timesteps; call set_timesteps(num_inference_steps) first")
 
     def _check_num_inference_steps(self, num_inference_steps, upper: Optional[int] = None) -> int:
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        check_positive("num_inference_steps", num_inference_steps, integer=True)
         if upper is not None and num_inference_steps > upper:
             raise ValueError(
                 f"num_inference_steps ({num_inference_steps}) cannot exceed num_train_timesteps ({upper}): the model was trained on {upper} timesteps"
@@ -237,8 +234,7 @@ class SchedulerBase(nn.Cell, ConfigMixin):
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start stepping at this index of ``timesteps`` (image-to-image starts mid-schedule)."""
-        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
-            raise ValueError(f"begin_index must be a non-negative int, got {begin_index!r}")
+        check_positive("begin_index", begin_index, integer=True, allow_zero=True)
         self._begin_index = int(begin_index)
 
     @property

@@ -9,15 +9,9 @@ from mindspore import Tensor, ops
 
 from ..configuration import register_to_config
 from ..outputs import CMStochasticIterativeSchedulerOutput
-from ..utils import GeneratorLike
+from ..utils import GeneratorLike, check_positive
 from . import schedules
 from .base import LoopPlan, SchedulerBase, StepIndexMixin, as_float32, gather
-
-
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def boundary_scalings(sigma, sigma_min: float, sigma_data: float):
@@ -73,14 +67,12 @@ class CMStochasticIterativeScheduler(StepIndexMixin, SchedulerBase):
         compute_dtype=ms.float32,
     ):
         super().__init__(compute_dtype)
-        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps must be an int of at least 2, got {num_train_timesteps!r}")
+        check_positive("num_train_timesteps", num_train_timesteps, integer=True, minimum=2)
         for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("sigma_data", sigma_data), ("rho", rho)):
-            _check_positive(name, value)
+            check_positive(name, value)
         if not sigma_max > sigma_min:
             raise ValueError(f"sigma_max ({sigma_max}) must be larger than sigma_min ({sigma_min})")
-        if isinstance(s_noise, bool) or not isinstance(s_noise, (int, float)) or s_noise < 0:
-            raise ValueError(f"s_noise must be a non-negative number, got {s_noise!r}")
+        check_positive("s_noise", s_noise, allow_zero=True)
         self.init_noise_sigma = float(sigma_max)
         # Before set_timesteps: the full training schedule, as diffusers exposes it.
         sigmas = self._sigmas_at(np.linspace(0, 1, num_train_timesteps))

@@ -10,7 +10,7 @@ from mindspore import Tensor, ops
 
 from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
-from ..utils import GeneratorLike, check_choice
+from ..utils import GeneratorLike, check_choice, check_positive
 from . import schedules
 from .base import PREDICTION_TYPES, LoopPlan, StepIndexMixin, VPSchedulerBase, as_float32, gather
 
@@ -115,8 +115,8 @@ class EulerDiscreteScheduler(StepIndexMixin, VPSchedulerBase):
         check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
         self.sigma_schedule = schedules.chosen_sigma_schedule(bool(use_karras_sigmas), bool(use_exponential_sigmas), bool(use_beta_sigmas))
         for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ValueError(f"{name} must be None or a positive number, got {value!r}")
+            if value is not None:
+                check_positive(name, value)
         if sigma_min is not None and sigma_max is not None and sigma_min >= sigma_max:
             raise ValueError(f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max})")
         self._init_betas()

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..utils import check_choice
+from ..utils import check_choice, check_positive
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
@@ -62,8 +62,7 @@ def make_betas(
     - squaredcos_cap_v2: the cosine ᾱ of Nichol & Dhariwal 2021, β capped at 0.999;
     - sigmoid: β = sigmoid(linspace(-6, 6)) rescaled to [beta_start, beta_end] (GeoDiff).
     """
-    if not isinstance(num_train_timesteps, (int, np.integer)) or isinstance(num_train_timesteps, bool) or num_train_timesteps < 1:
-        raise ValueError(f"num_train_timesteps must be a positive int, got {num_train_timesteps!r}")
+    check_positive("num_train_timesteps", num_train_timesteps, integer=True)
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float64).reshape(-1)
         if betas.size < 1 or not np.all((betas > 0) & (betas < 1)):

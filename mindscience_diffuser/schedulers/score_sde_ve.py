@@ -10,15 +10,9 @@ from mindspore import Tensor, nn, ops
 
 from ..configuration import register_to_config
 from ..outputs import SchedulerOutput, SdeVeOutput
-from ..utils import GeneratorLike
+from ..utils import GeneratorLike, check_positive
 from . import schedules
 from .base import LoopPlan, SchedulerBase, as_float32, broadcast_to_sample
-
-
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _per_sample_norm(x: Tensor) -> Tensor:
@@ -94,21 +88,19 @@ class ScoreSdeVeScheduler(SchedulerBase):
         compute_dtype=ms.float32,
     ):
         super().__init__(compute_dtype)
-        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be a positive int, got {num_train_timesteps!r}")
-        if isinstance(correct_steps, bool) or not isinstance(correct_steps, (int, np.integer)) or correct_steps < 0:
-            raise ValueError(f"correct_steps must be a non-negative int, got {correct_steps!r}")
+        check_positive("num_train_timesteps", num_train_timesteps, integer=True)
+        check_positive("correct_steps", correct_steps, integer=True, allow_zero=True)
         self._check_sigmas(sigma_min, sigma_max, sampling_eps)
-        self.corrector = LangevinCorrector(_positive("snr", snr), self.compute_dtype)
+        self.corrector = LangevinCorrector(check_positive("snr", snr), self.compute_dtype)
         self.init_noise_sigma = float(sigma_max)
         self.timesteps = None
         self.set_sigmas(num_train_timesteps, sigma_min, sigma_max, sampling_eps)
 
     @staticmethod
     def _check_sigmas(sigma_min, sigma_max, sampling_eps) -> None:
-        if sigma_min is not None and sigma_max is not None and not _positive("sigma_max", sigma_max) > _positive("sigma_min", sigma_min):
+        if sigma_min is not None and sigma_max is not None and not check_positive("sigma_max", sigma_max) > check_positive("sigma_min", sigma_min):
             raise ValueError(f"sigma_max ({sigma_max}) must be larger than sigma_min ({sigma_min})")
-        if sampling_eps is not None and not 0 < _positive("sampling_eps", sampling_eps) <= 1:
+        if sampling_eps is not None and not 0 < check_positive("sampling_eps", sampling_eps) <= 1:
             raise ValueError(f"sampling_eps must lie in (0, 1], got {sampling_eps!r}")
 
     # -- host-side schedule ------------------------------------------------------------------

@@ -3,10 +3,10 @@ from .datasets import ArrayDataset, BatchOrder, FieldDataset, ImageFolderDataset
 from .recipes import dataset_from_spec, generate_samples, small_unet_config
 from .evaluation import evaluate, histogram_l1, plot_spectra, radial_power_spectrum, spectrum_relative_error, wasserstein1
 from .fields import darcy_permeability, gaussian_random_field, generate_fields, power_law_spectrum
-from .trainer import DiffusionLoss, DiffusionTrainer, latest_checkpoint, learning_rate_at, snr_weights
+from .trainer import DiffusionLoss, DiffusionTrainer, TrainerConfig, latest_checkpoint, learning_rate_at, snr_weights
 
 __all__ = [
-    "DiffusionTrainer", "DiffusionLoss", "snr_weights", "learning_rate_at", "latest_checkpoint",
+    "DiffusionTrainer", "TrainerConfig", "DiffusionLoss", "snr_weights", "learning_rate_at", "latest_checkpoint",
     "FieldDataset", "ArrayDataset", "ImageFolderDataset", "SyntheticFieldDataset", "BatchOrder", "as_dataset", "load_fields",
     "dataset_from_spec", "generate_samples", "small_unet_config",
     "gaussian_random_field", "darcy_permeability", "generate_fields", "power_law_spectrum",

@@ -11,15 +11,9 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from ..utils import GeneratorLike, as_numpy_generator
+from ..utils import GeneratorLike, as_numpy_generator, check_positive
 
 SpectrumLike = Union[float, Callable[[np.ndarray], np.ndarray]]
-
-
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def wavenumber_grid(size: int) -> np.ndarray:
@@ -52,10 +46,9 @@ def gaussian_random_field(
     single fields keep their natural variance fluctuations; ``std=0.3`` puts 99.9% of values in
     [-1, 1] (3.3 σ), the range a diffusion model is trained on and image pipelines clip to.
     """
-    n = _check_count("n", n)
-    size = _check_count("size", size, minimum=2)
-    if not (isinstance(std, (int, float)) and std > 0):
-        raise ValueError(f"std must be a positive number, got {std!r}")
+    n = check_positive("n", n, integer=True)
+    size = check_positive("size", size, integer=True, minimum=2)
+    check_positive("std", std)
     if callable(spectrum):
         power_fn = spectrum
     elif isinstance(spectrum, (int, float)) and not isinstance(spectrum, bool):

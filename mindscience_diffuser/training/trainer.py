@@ -10,6 +10,7 @@ down the rest of the run exactly: resuming reproduces the uninterrupted run's we
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -23,9 +24,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..configuration import DIFFUSERS_FORMAT_VERSION, write_json_atomically
-from ..models.weights import WEIGHTS_NAME, load_model_weights, state_arrays
-from ..utils import check_choice
+from ..configuration import write_json_atomically
+from ..io_utils import atomic_folder
+from ..models.weights import WEIGHTS_NAME, check_state_arrays, load_model_weights, read_weights, state_arrays
+from ..utils import ArgumentTypeError, check_choice, check_positive
 from .datasets import BatchOrder, FieldDataset, as_dataset
 
 LOSSES = ("mse", "l1")
@@ -172,13 +174,6 @@ class _TrainStep(nn.Cell):
         return loss
 
 
-def _check_positive(name: str, value, integer: bool = False, allow_zero: bool = False) -> None:
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {'int' if integer else 'number'}, got {value!r}")
-
-
 def latest_checkpoint(output_dir: Union[str, os.PathLike]) -> Optional[Path]:
     """The complete ``checkpoint-<step>`` directory with the highest step in ``output_dir``, or None."""
     directory = Path(output_dir)
@@ -203,6 +198,142 @@ def _rank_and_size() -> Tuple[int, int]:
     return get_rank(), get_group_size()
 
 
+#: Options that say where this run writes and how it runs, not what it trains: they are not
+#: part of a checkpoint's ``hparams``.
+RUN_OPTIONS = ("output_dir", "checkpoint_every", "keep_checkpoints", "data_parallel")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """The options of :class:`DiffusionTrainer`, validated once and frozen (``trainer.config``).
+
+    Every field is checked in ``__post_init__``: ``TypeError`` for a wrong type (also a
+    ``ValueError``, see :class:`~mindscience_diffuser.utils.ArgumentTypeError`), ``ValueError``
+    for a value out of range, each naming the field and what it allows. Numbers are stored as
+    Python ``float`` / ``int`` and ``output_dir`` as a ``Path``, so the checkpointed
+    :meth:`hparams` are plain JSON. ``dataclasses.replace(config, seed=1)`` validates again.
+
+    Args:
+        learning_rate: Adam's peak learning rate (> 0), reached linearly over ``warmup_steps``.
+        batch_size: fields per optimizer step (per rank when data-parallel); an int >= 1.
+        loss: ``"mse"`` or ``"l1"``.
+        weighting: per-timestep loss weight: ``None``, ``"min_snr"`` (γ = ``min_snr_gamma``) or
+            ``"p2"`` (γ = ``p2_gamma``, k = ``p2_k``); see :func:`snr_weights`.
+        min_snr_gamma: γ of ``"min_snr"`` (> 0).
+        p2_gamma: γ of ``"p2"`` (>= 0).
+        p2_k: k of ``"p2"`` (> 0).
+        ema_decay: EMA decay of the weights, in [0, 1) (``None``: no EMA); the effective decay at
+            step n is min(ema_decay, (1 + n) / (10 + n)), so early averages are not dominated by the init.
+        weight_decay: Adam L2 weight decay (>= 0).
+        max_grad_norm: global-norm gradient clipping threshold (> 0; ``None``: off).
+        warmup_steps: steps of linear learning-rate warm-up (an int >= 0).
+        lr_schedule: ``"constant"``, or ``"linear"`` / ``"cosine"`` decay to 0 at
+            ``num_training_steps`` over its last ``lr_decay_steps``; see :func:`learning_rate_at`.
+            A decaying schedule needs ``num_training_steps``, and :meth:`DiffusionTrainer.train`
+            then refuses to run past it.
+        num_training_steps: where a decaying learning rate reaches 0 (an int >= 1, or ``None``).
+        lr_decay_steps: decay over only this many final steps (an int >= 1 that fits after the
+            warm-up; ``None``: every step after the warm-up); only with a decaying ``lr_schedule``.
+        seed: fixes the batch order and every noise/timestep draw (an int >= 0).
+        output_dir: a path (str or ``os.PathLike``) where ``checkpoint-<step>`` directories go (``None``: no checkpoints); must
+            not be an existing file (``OSError``).
+        checkpoint_every: save every this many steps (an int >= 1; ``None``: only when
+            :meth:`DiffusionTrainer.train` returns, which always saves).
+        keep_checkpoints: how many recent checkpoints to keep (an int >= 1; older ones are deleted).
+        data_parallel: ``True`` all-reduces gradients across the ranks of a ``msrun`` launch (see docs/training.md).
+
+    >>> config = TrainerConfig(batch_size=8, lr_schedule="cosine", num_training_steps=100)
+    >>> config.batch_size, config.hparams()["lr_schedule"]
+    (8, 'cosine')
+    >>> TrainerConfig(batch_size=0)
+    Traceback (most recent call last):
+        ...
+    ValueError: batch_size must be a positive int, got 0 (at least 1)
+    """
+
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    loss: str = "mse"
+    weighting: Optional[str] = None
+    min_snr_gamma: float = 5.0
+    p2_gamma: float = 1.0
+    p2_k: float = 1.0
+    ema_decay: Optional[float] = 0.999
+    weight_decay: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    num_training_steps: Optional[int] = None
+    lr_decay_steps: Optional[int] = None
+    seed: int = 0
+    output_dir: Optional[Union[str, os.PathLike]] = None
+    checkpoint_every: Optional[int] = None
+    keep_checkpoints: int = 2
+    data_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        def store(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
+        def optional(name: str, **kind) -> None:
+            value = getattr(self, name)
+            if value is not None:
+                store(name, check_positive(name, value, **kind))
+
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        for name, kind in (("learning_rate", {}), ("batch_size", {"integer": True}), ("min_snr_gamma", {}),
+                           ("p2_gamma", {"allow_zero": True}), ("p2_k", {}), ("weight_decay", {"allow_zero": True}),
+                           ("warmup_steps", {"integer": True, "allow_zero": True})):
+            store(name, check_positive(name, getattr(self, name), **kind))
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        optional("num_training_steps", integer=True)
+        optional("lr_decay_steps", integer=True)
+        if self.lr_schedule != "constant":
+            if self.num_training_steps is None:
+                raise ValueError(f"lr_schedule={self.lr_schedule!r} needs num_training_steps (the step where the learning rate reaches 0)")
+            room = self.num_training_steps - self.warmup_steps
+            if room < 1 or (self.lr_decay_steps is not None and self.lr_decay_steps > room):
+                raise ValueError(
+                    f"lr_decay_steps must fit after the warm-up: at most num_training_steps - warmup_steps = {room}, "
+                    f"got lr_decay_steps={self.lr_decay_steps!r} (num_training_steps={self.num_training_steps}, "
+                    f"warmup_steps={self.warmup_steps})"
+                )
+        elif self.lr_decay_steps is not None:
+            raise ValueError("lr_decay_steps needs lr_schedule='linear' or 'cosine'")
+        store("keep_checkpoints", check_positive("keep_checkpoints", self.keep_checkpoints, integer=True))
+        optional("max_grad_norm")
+        optional("checkpoint_every", integer=True)
+        if self.ema_decay is not None:
+            ema_decay = check_positive("ema_decay", self.ema_decay, allow_zero=True)
+            if ema_decay >= 1.0:
+                raise ValueError(f"ema_decay must be None or a number in [0, 1), got {self.ema_decay!r}")
+            store("ema_decay", ema_decay)
+        store("seed", check_positive("seed", self.seed, integer=True, allow_zero=True))
+        if self.output_dir is not None:
+            if not isinstance(self.output_dir, (str, os.PathLike)):
+                raise ArgumentTypeError(f"output_dir must be None or a path (str or os.PathLike), got {type(self.output_dir).__name__}")
+            store("output_dir", Path(self.output_dir))
+            if self.output_dir.is_file():
+                raise OSError(f"output_dir must be a directory, but {self.output_dir} is a file")
+        if not isinstance(self.data_parallel, (bool, np.bool_)):
+            raise ArgumentTypeError(f"data_parallel must be True or False, got {type(self.data_parallel).__name__} {self.data_parallel!r}")
+        store("data_parallel", bool(self.data_parallel))
+
+    def hparams(self) -> Dict[str, object]:
+        """The training hyper-parameters (every field but :data:`RUN_OPTIONS`) as a JSON-ready
+        dict: what a checkpoint's ``trainer_state.json`` stores under ``"hparams"``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_OPTIONS}
+
+    @classmethod
+    def from_hparams(cls, hparams: Dict[str, object], **run_options) -> "TrainerConfig":
+        """The config back from a checkpoint's ``hparams`` (keys that are not fields, such as
+        the scheduler's ``prediction_type``, are skipped), with ``run_options`` (``output_dir``, ...)
+        set anew; validated like any other."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in hparams.items() if k in names and k not in RUN_OPTIONS}, **run_options)
+
+
 class DiffusionTrainer:
     """Train ``model`` (a UNet ``model(x_t, t)``) as the denoiser of a VP ``scheduler``.
 
@@ -210,23 +341,9 @@ class DiffusionTrainer:
         model: e.g. :class:`~mindscience_diffuser.models.UNet2DModel`; its trainable parameters are optimized in place.
         scheduler: a VP scheduler (DDPM, DDIM, DPM-Solver, ...) with ``add_noise``, ``get_velocity``,
             ``alphas_cumprod`` and ``config.prediction_type`` (which picks the regression target).
-        learning_rate: Adam's peak learning rate, reached linearly over ``warmup_steps``.
-        lr_schedule: ``"constant"`` (the default), ``"linear"`` or ``"cosine"`` decay to 0 at
-            ``num_training_steps``, over its last ``lr_decay_steps`` (``None``: all steps after
-            the warm-up); see :func:`learning_rate_at`. A decaying schedule needs
-            ``num_training_steps``, and :meth:`train` then refuses to run past it.
-        batch_size: fields per optimizer step (per rank when data-parallel).
-        loss: ``"mse"`` or ``"l1"``.
-        weighting: ``None``, ``"min_snr"`` (γ = ``min_snr_gamma``) or ``"p2"`` (γ = ``p2_gamma``, k = ``p2_k``);
-            see :func:`snr_weights`.
-        ema_decay: EMA decay of the weights (``None``: no EMA); the effective decay at step n is
-            min(ema_decay, (1 + n) / (10 + n)), so early averages are not dominated by the init.
-        weight_decay: Adam L2 weight decay. max_grad_norm: global-norm gradient clipping (``None``: off).
-        seed: fixes the batch order and every noise/timestep draw.
-        output_dir: where ``checkpoint-<step>`` directories go (``None``: no checkpoints).
-        checkpoint_every: save every this many steps (and always at the end of :meth:`train`).
-        keep_checkpoints: how many recent checkpoints to keep (older ones are deleted).
-        data_parallel: all-reduce gradients across the ranks of a ``msrun`` launch (see docs/training.md).
+        **options: the fields of :class:`TrainerConfig` (``learning_rate``, ``batch_size``, ``loss``,
+            ``weighting``, ``ema_decay``, ``lr_schedule``, ``seed``, ``output_dir``, ...), each
+            documented there. They are validated once and kept, frozen, as ``trainer.config``.
     """
 
     def __init__(
@@ -254,6 +371,7 @@ class DiffusionTrainer:
         keep_checkpoints: int = 2,
         data_parallel: bool = False,
     ):
+        options = dict(locals())
         if not isinstance(model, nn.Cell):
             raise TypeError(f"model must be a mindspore nn.Cell (e.g. UNet2DModel), got {type(model).__name__}")
         for attr in ("add_noise", "get_velocity", "alphas_cumprod"):
@@ -264,88 +382,41 @@ class DiffusionTrainer:
                 )
         prediction_type = scheduler.config.get("prediction_type")
         check_choice("scheduler.config.prediction_type", prediction_type, PREDICTION_TYPES)
-        check_choice("loss", loss, LOSSES)
-        check_choice("weighting", weighting, WEIGHTINGS)
-        _check_positive("learning_rate", learning_rate)
-        _check_positive("batch_size", batch_size, integer=True)
-        _check_positive("min_snr_gamma", min_snr_gamma)
-        _check_positive("p2_gamma", p2_gamma, allow_zero=True)
-        _check_positive("p2_k", p2_k)
-        _check_positive("weight_decay", weight_decay, allow_zero=True)
-        _check_positive("warmup_steps", warmup_steps, integer=True, allow_zero=True)
-        check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
-        if num_training_steps is not None:
-            _check_positive("num_training_steps", num_training_steps, integer=True)
-        if lr_decay_steps is not None:
-            _check_positive("lr_decay_steps", lr_decay_steps, integer=True)
-        if lr_schedule != "constant":
-            if num_training_steps is None:
-                raise ValueError(f"lr_schedule={lr_schedule!r} needs num_training_steps (the step where the learning rate reaches 0)")
-            room = num_training_steps - warmup_steps
-            if room < 1 or (lr_decay_steps is not None and lr_decay_steps > room):
-                raise ValueError(
-                    f"lr_decay_steps must fit after the warm-up: at most num_training_steps - warmup_steps = {room}, "
-                    f"got lr_decay_steps={lr_decay_steps!r} (num_training_steps={num_training_steps}, warmup_steps={warmup_steps})"
-                )
-        elif lr_decay_steps is not None:
-            raise ValueError("lr_decay_steps needs lr_schedule='linear' or 'cosine'")
-        _check_positive("keep_checkpoints", keep_checkpoints, integer=True)
-        if max_grad_norm is not None:
-            _check_positive("max_grad_norm", max_grad_norm)
-        if checkpoint_every is not None:
-            _check_positive("checkpoint_every", checkpoint_every, integer=True)
-        if ema_decay is not None and not (isinstance(ema_decay, (int, float)) and 0.0 <= ema_decay < 1.0):
-            raise ValueError(f"ema_decay must be None or a number in [0, 1), got {ema_decay!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        if output_dir is not None and Path(output_dir).is_file():
-            raise OSError(f"output_dir must be a directory, but {output_dir} is a file")
-
+        #: The validated, frozen options; checkpoints store them as ``hparams``.
+        self.config = config = TrainerConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainerConfig)})
         self.model, self.scheduler = model, scheduler
-        self.hparams = dict(
-            learning_rate=float(learning_rate), batch_size=int(batch_size), loss=loss, weighting=weighting,
-            min_snr_gamma=float(min_snr_gamma), p2_gamma=float(p2_gamma), p2_k=float(p2_k),
-            ema_decay=None if ema_decay is None else float(ema_decay), weight_decay=float(weight_decay),
-            max_grad_norm=None if max_grad_norm is None else float(max_grad_norm), warmup_steps=int(warmup_steps),
-            lr_schedule=lr_schedule, num_training_steps=num_training_steps, lr_decay_steps=lr_decay_steps,
-            seed=int(seed), prediction_type=prediction_type,
-        )
-        self.batch_size, self.seed = int(batch_size), int(seed)
-        self.learning_rate, self.warmup_steps, self.ema_decay = float(learning_rate), int(warmup_steps), ema_decay
-        self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, int(keep_checkpoints)
         self.step = 0
         self._saved_step: Optional[int] = None  # step of the last checkpoint the running train() wrote
         self.history: List[Tuple[int, float]] = []
         self._order: Optional[BatchOrder] = None
         self._pending_order_state: Optional[dict] = None
 
-        self.data_parallel = bool(data_parallel)
-        self.rank, self.world_size = _rank_and_size() if self.data_parallel else (0, 1)
+        self.rank, self.world_size = _rank_and_size() if config.data_parallel else (0, 1)
         reducer = None
         params = model.trainable_params()
         if not params:
             raise ValueError("model has no trainable parameters")
-        if self.data_parallel:
+        if config.data_parallel:
             from mindspore.context import ParallelMode
 
             ms.set_auto_parallel_context(parallel_mode=ParallelMode.DATA_PARALLEL, gradients_mean=True)
             self._synchronize_parameters(params)
             reducer = nn.DistributedGradReducer(params, mean=True, degree=self.world_size)
 
-        self.optimizer = nn.Adam(params, learning_rate=float(learning_rate), weight_decay=float(weight_decay))
+        self.optimizer = nn.Adam(params, learning_rate=config.learning_rate, weight_decay=config.weight_decay)
         # Keys by the model's own (diffusers) names: Parameter.name can gain a prefix once the
         # model sits inside another Cell.
         names = {id(p): name for name, p in model.parameters_and_names()}
         self._ema_keys = [names[id(p)] for p in params]
         self.ema_params = None
-        if ema_decay is not None:
+        if config.ema_decay is not None:
             self.ema_params = ms.ParameterTuple(
                 Parameter(Tensor(p.asnumpy()), name="ema." + key, requires_grad=False) for key, p in zip(self._ema_keys, params)
             )
-        weights = snr_weights(scheduler.alphas_cumprod, prediction_type, weighting, min_snr_gamma, p2_gamma, p2_k)
-        self.loss_net = DiffusionLoss(model, scheduler, loss, weights)
-        step_cell = _TrainStep(self.loss_net, self.optimizer, self.ema_params, max_grad_norm, reducer)
+        weights = snr_weights(scheduler.alphas_cumprod, prediction_type, config.weighting, config.min_snr_gamma,
+                              config.p2_gamma, config.p2_k)
+        self.loss_net = DiffusionLoss(model, scheduler, config.loss, weights)
+        step_cell = _TrainStep(self.loss_net, self.optimizer, self.ema_params, config.max_grad_norm, reducer)
 
         def compiled_step(x0, noise, timesteps, ema_decay):
             return step_cell(x0, noise, timesteps, ema_decay)
@@ -364,16 +435,15 @@ class DiffusionTrainer:
 
     def _draws(self, batch: int, shape) -> Tuple[np.ndarray, np.ndarray]:
         """(noise, timesteps) for this step: a pure function of (seed, rank, step)."""
-        rng = np.random.default_rng([self.seed, self.rank, self.step, 1])
+        rng = np.random.default_rng([self.config.seed, self.rank, self.step, 1])
         timesteps = rng.integers(0, len(self.scheduler.alphas_cumprod), size=batch).astype(np.int32)
         noise = rng.standard_normal((batch,) + tuple(shape)).astype(np.float32)
         return noise, timesteps
 
     def current_learning_rate(self) -> float:
         """The learning rate the next optimizer step uses (see :func:`learning_rate_at`)."""
-        h = self.hparams
-        return learning_rate_at(self.step, self.learning_rate, self.warmup_steps, h["lr_schedule"],
-                                h["num_training_steps"], h["lr_decay_steps"])
+        c = self.config
+        return learning_rate_at(self.step, c.learning_rate, c.warmup_steps, c.lr_schedule, c.num_training_steps, c.lr_decay_steps)
 
     def train_step(self, batch) -> float:
         """One optimizer step on ``batch`` (a (B, C, H, W) array or Tensor); returns the loss."""
@@ -382,7 +452,8 @@ class DiffusionTrainer:
             raise ValueError(f"batch must be shaped (B, C, H, W), got shape {x0.shape}")
         noise, timesteps = self._draws(x0.shape[0], x0.shape[1:])
         self.optimizer.learning_rate.set_data(Tensor(self.current_learning_rate(), ms.float32))
-        decay = 0.0 if self.ema_decay is None else min(self.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+        ema_decay = self.config.ema_decay
+        decay = 0.0 if ema_decay is None else min(ema_decay, (1.0 + self.step) / (10.0 + self.step))
         loss = self._compiled_step(Tensor(x0.astype(np.float32)), Tensor(noise), Tensor(timesteps), Tensor(decay, ms.float32))
         self.step += 1
         value = float(loss.asnumpy())
@@ -420,28 +491,29 @@ class DiffusionTrainer:
         raise ``KeyboardInterrupt`` / ``SystemExit(128 + signal)``. A hard kill (SIGKILL) loses
         the steps since the last ``checkpoint_every`` checkpoint.
         """
-        _check_positive("num_steps", num_steps, integer=True)
-        limit = self.hparams["num_training_steps"]
-        if self.hparams["lr_schedule"] != "constant" and num_steps > limit:
-            raise ValueError(f"num_steps={num_steps} runs past num_training_steps={limit}, where the {self.hparams['lr_schedule']} learning rate has reached 0")
+        check_positive("num_steps", num_steps, integer=True)
+        config = self.config
+        if config.lr_schedule != "constant" and num_steps > config.num_training_steps:
+            raise ValueError(f"num_steps={num_steps} runs past num_training_steps={config.num_training_steps}, "
+                             f"where the {config.lr_schedule} learning rate has reached 0")
         data = as_dataset(dataset)
         self._check_dataset(data)
         if resume_from is not None:
             if resume_from == "latest":
-                if self.output_dir is None:
+                if config.output_dir is None:
                     raise ValueError("resume_from='latest' needs output_dir")
-                resume_from = latest_checkpoint(self.output_dir)
+                resume_from = latest_checkpoint(config.output_dir)
             if resume_from is not None:
                 self.load_checkpoint(resume_from)
         if self._order is None or self._order.num_items != len(data):
-            self._order = BatchOrder(len(data), self.batch_size, self.seed, self.rank, self.world_size)
+            self._order = BatchOrder(len(data), config.batch_size, config.seed, self.rank, self.world_size)
         if self._pending_order_state is not None:
             self._order.load_state_dict(self._pending_order_state)
             self._pending_order_state = None
         if stop_after is not None:
-            _check_positive("stop_after", stop_after, integer=True)
+            check_positive("stop_after", stop_after, integer=True)
         if max_seconds is not None:
-            _check_positive("max_seconds", max_seconds)
+            check_positive("max_seconds", max_seconds)
         start, begun = self.step, time.time()
         self._saved_step = None
         with _stop_requests() as signals:
@@ -449,7 +521,7 @@ class DiffusionTrainer:
                 self._train_loop(data, num_steps, start, begun, signals, log_every, callback, stop_after, max_seconds)
             finally:
                 # Also on an exception: the last finished step is saved before it propagates.
-                if self.output_dir is not None and self.step > start and self._saved_step != self.step:
+                if config.output_dir is not None and self.step > start and self._saved_step != self.step:
                     self.save_checkpoint()
         if signals:
             if signals[0] == signal.SIGINT:
@@ -472,7 +544,8 @@ class DiffusionTrainer:
                 recent = [v for _, v in self.history[-log_every:]]
                 rate = (time.time() - begun) / max(self.step - start, 1)
                 print(f"step {self.step}/{num_steps}  loss {np.mean(recent):.5f}  {rate:.2f} s/step", flush=True)
-            if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.output_dir is not None:
+            every = self.config.checkpoint_every
+            if every and self.step % every == 0 and self.config.output_dir is not None:
                 self.save_checkpoint()
                 self._saved_step = self.step
 
@@ -504,6 +577,8 @@ class DiffusionTrainer:
         must share the training noise schedule and ``prediction_type``, which are what the
         weights were trained for; the sampling options (solver, step spacing) are free.
         """
+        from ..pipelines.pipeline_utils import save_pipeline_folder
+
         directory = Path(save_directory)
         if directory.is_file():
             raise OSError(f"save_directory must be a directory, but {directory} is a file")
@@ -515,15 +590,7 @@ class DiffusionTrainer:
             if shipped != trained or table is None or not np.allclose(np.asarray(table), np.asarray(self.scheduler.alphas_cumprod)):
                 raise ValueError(f"scheduler must keep the training noise schedule and prediction_type {trained}, got {shipped}")
         model = self.ema_model() if use_ema else self.model
-        model.save_pretrained(directory / "unet")
-        scheduler.save_config(directory / "scheduler")
-        write_json_atomically(directory / "model_index.json", {
-            "_class_name": pipeline_class,
-            "_diffusers_version": DIFFUSERS_FORMAT_VERSION,
-            "scheduler": ["diffusers", type(scheduler).__name__],
-            "unet": ["diffusers", type(self.model).__name__],
-        })
-        return directory
+        return save_pipeline_folder(directory, pipeline_class, {"unet": model, "scheduler": scheduler})
 
     # ---- checkpoints ------------------------------------------------------------------------
 
@@ -546,32 +613,22 @@ class DiffusionTrainer:
         if self.rank != 0:
             return None
         if directory is None:
-            if self.output_dir is None:
+            if self.config.output_dir is None:
                 raise ValueError("save_checkpoint needs a directory or the trainer's output_dir")
-            directory = self.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+            directory = self.config.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
         final = Path(directory)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.model.save_pretrained(tmp / "unet")
-        self.model.save_config(tmp / EMA_DIR)
-        save_file(self.ema_state(), str(tmp / EMA_DIR / WEIGHTS_NAME), metadata={"format": "pt"})
-        save_file(self._optimizer_state(), str(tmp / OPTIMIZER_NAME))
-        state = {
-            "step": self.step,
-            "data_order": self._order.state_dict() if self._order is not None else self._pending_order_state,
-            "hparams": self.hparams,
-            "world_size": self.world_size,
-        }
-        write_json_atomically(tmp / STATE_NAME, state)
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, final)
+        with atomic_folder(final) as tmp:
+            self.model.save_pretrained(tmp / "unet")
+            self.model.save_config(tmp / EMA_DIR)
+            save_file(self.ema_state(), str(tmp / EMA_DIR / WEIGHTS_NAME), metadata={"format": "pt"})
+            save_file(self._optimizer_state(), str(tmp / OPTIMIZER_NAME))
+            state = {
+                "step": self.step,
+                "data_order": self._order.state_dict() if self._order is not None else self._pending_order_state,
+                "hparams": dict(self.config.hparams(), prediction_type=self.scheduler.config.prediction_type),
+                "world_size": self.world_size,
+            }
+            write_json_atomically(tmp / STATE_NAME, state)
         self._prune_checkpoints(final.parent)
         return final
 
@@ -580,7 +637,7 @@ class DiffusionTrainer:
             (int(p.name[len(CHECKPOINT_PREFIX):]), p) for p in parent.iterdir()
             if p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()
         )
-        for _, path in found[:-self.keep_checkpoints]:
+        for _, path in found[:-self.config.keep_checkpoints]:
             shutil.rmtree(path, ignore_errors=True)
 
     def load_checkpoint(self, directory: Union[str, os.PathLike]) -> None:
@@ -595,11 +652,16 @@ class DiffusionTrainer:
             state = json.loads(state_path.read_text(encoding="utf-8"))
         except ValueError as err:
             raise OSError(f"cannot read {state_path}: {err}") from err
-        if state.get("hparams", {}).get("seed", self.seed) != self.seed:
-            raise ValueError(f"checkpoint was trained with seed {state['hparams']['seed']}, this trainer has seed {self.seed}")
+        seed = self.config.seed
+        if state.get("hparams", {}).get("seed", seed) != seed:
+            raise ValueError(f"checkpoint was trained with seed {state['hparams']['seed']}, this trainer has seed {seed}")
+        ema = None
+        if self.ema_params is not None:  # checked before anything is restored
+            ema = read_weights(directory / EMA_DIR)
+            check_state_arrays({key: p.shape for key, p in zip(self._ema_keys, self.ema_params)}, ema,
+                               f"EMA weights in {directory / EMA_DIR}", type(self.model).__name__)
         load_model_weights(self.model, directory / "unet")
-        if self.ema_params is not None:
-            ema = load_file(str(directory / EMA_DIR / WEIGHTS_NAME))
+        if ema is not None:
             for key, p in zip(self._ema_keys, self.ema_params):
                 p.set_data(Tensor(ema[key]))
         opt_arrays = load_file(str(directory / OPTIMIZER_NAME))
