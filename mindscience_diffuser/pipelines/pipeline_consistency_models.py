@@ -26,9 +26,7 @@ class ConsistencyModelPipeline(DiffusionPipeline):
 
     def __init__(self, unet, scheduler: CMStochasticIterativeScheduler):
         super().__init__()
-        if not isinstance(scheduler, CMStochasticIterativeScheduler):
-            raise TypeError(f"ConsistencyModelPipeline needs a CMStochasticIterativeScheduler, got {type(scheduler).__name__}")
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_unet_and_scheduler(unet, scheduler)
 
     def __call__(
         self,

@@ -18,7 +18,7 @@ class DDPMPipeline(DiffusionPipeline):
 
     def __init__(self, unet, scheduler):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_unet_and_scheduler(unet, scheduler)
 
     def __call__(
         self,

@@ -21,9 +21,7 @@ class ScoreSdeVePipeline(DiffusionPipeline):
 
     def __init__(self, unet, scheduler: ScoreSdeVeScheduler):
         super().__init__()
-        if not isinstance(scheduler, ScoreSdeVeScheduler):
-            raise TypeError(f"ScoreSdeVePipeline needs a ScoreSdeVeScheduler, got {type(scheduler).__name__}")
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_unet_and_scheduler(unet, scheduler)
 
     def __call__(
         self,

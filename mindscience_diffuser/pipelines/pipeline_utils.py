@@ -205,6 +205,16 @@ class DiffusionPipeline:
                 self._component_names.append(name)
             setattr(self, name, module)
 
+    def _register_unet_and_scheduler(self, unet, scheduler) -> None:
+        """Register the two components, refusing a scheduler this pipeline cannot drive."""
+        if not isinstance(scheduler, self.supported_schedulers):
+            raise TypeError(f"{type(self).__name__} needs {self._supported_text()}, got {type(scheduler).__name__}")
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def _supported_text(cls) -> str:
+        return cls.supported_description or " or ".join(c.__name__ for c in cls.supported_schedulers)
+
     @property
     def components(self) -> Dict[str, Any]:
         """The components by name (pass them to another pipeline: ``OtherPipeline(**pipe.components)``)."""
@@ -328,7 +338,7 @@ class DiffusionPipeline:
             raise ValueError(f"output_type='pil' needs 1, 3 or 4 channels, this UNet makes {shape[1]}; use output_type='np'")
         scheduler = self.scheduler if scheduler is None else scheduler
         if not isinstance(scheduler, self.supported_schedulers):
-            raise TypeError(f"{type(self).__name__} cannot drive a {type(scheduler).__name__}; use {self.supported_description or ' or '.join(c.__name__ for c in self.supported_schedulers)}")
+            raise TypeError(f"{type(self).__name__} cannot drive a {type(scheduler).__name__}; use {self._supported_text()}")
         loop = self.sampling_loop(scheduler, **(loop_options or {}))
         rng = as_numpy_generator(generator)
         timesteps, knobs, stochastic = loop.schedule(num_inference_steps, **(schedule_options or {}))

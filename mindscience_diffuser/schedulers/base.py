@@ -528,6 +528,23 @@ class StepIndexMixin:
         return (broadcast_to_sample(Tensor(np.asarray(a, np.float32), like.dtype), like) for a in (alpha, sigma))
 
 
+class ScaledInputMixin:
+    """For step-index schedulers whose model sees a scaled sample (Euler: x/sqrt(σ²+1), consistency
+    models: x/sqrt(σ²+σ_d²)): the subclass defines the pure ``scale_at(sample, step_index)``; this
+    gives the sampling loop's model input and diffusers' ``scale_model_input`` from it."""
+
+    def loop_model_input(self, sample: Tensor, i: Tensor) -> Tensor:
+        return self.scale_at(sample, i)
+
+    def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
+        """The model input at ``timestep`` (starts the step counter like ``step`` does)."""
+        self._check_ready()
+        if timestep is None:
+            raise ValueError("scale_model_input needs the timestep (one of scheduler.timesteps)")
+        index = self._step_index_for(timestep, sample.shape[0])
+        return self.scale_at(sample, Tensor(index, ms.int32))
+
+
 def as_float32(x: Tensor) -> Tensor:
     """``x`` in float32, without a cast op when it already is (the dtype check is static, so
     this also compiles; in PyNative every skipped cast saves an op launch)."""

@@ -11,7 +11,7 @@ from ..configuration import register_to_config
 from ..outputs import CMStochasticIterativeSchedulerOutput
 from ..utils import GeneratorLike, check_positive
 from . import schedules
-from .base import LoopPlan, SchedulerBase, StepIndexMixin, as_float32, gather
+from .base import LoopPlan, SchedulerBase, ScaledInputMixin, StepIndexMixin, as_float32, gather
 
 
 def boundary_scalings(sigma, sigma_min: float, sigma_data: float):
@@ -28,7 +28,7 @@ def boundary_scalings(sigma, sigma_min: float, sigma_data: float):
     return c_skip, c_out
 
 
-class CMStochasticIterativeScheduler(StepIndexMixin, SchedulerBase):
+class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, SchedulerBase):
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
 
     Each step denoises with the consistency function, x̂0 = c_skip(σ)·x + c_out(σ)·F(x, σ)
@@ -155,14 +155,6 @@ class CMStochasticIterativeScheduler(StepIndexMixin, SchedulerBase):
         prev = denoised + z * ops.sqrt((sigma_hat - self.config["sigma_min"]) * (sigma_hat + self.config["sigma_min"]))
         return self._cast(prev)
 
-    def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
-        """x / sqrt(σ² + σ_d²) at ``timestep`` (starts the step counter like ``step`` does)."""
-        self._check_ready()
-        if timestep is None:
-            raise ValueError("scale_model_input needs the timestep (one of scheduler.timesteps)")
-        index = self._step_index_for(timestep, sample.shape[0])
-        return self.scale_at(sample, Tensor(index, ms.int32))
-
     # -- the sampling loop's part ------------------------------------------------------------
     def loop_plan(self, num_inference_steps=None, timesteps: Optional[Sequence[int]] = None) -> LoopPlan:
         """Noise for the re-noising of multistep sampling; one-step sampling lands on σ_min and draws none."""
@@ -172,9 +164,6 @@ class CMStochasticIterativeScheduler(StepIndexMixin, SchedulerBase):
             self.set_timesteps(num_inference_steps)
         ts = np.asarray(self.timesteps, np.float32)
         return LoopPlan(ts, np.zeros(len(ts), np.float32), len(ts) > 1)
-
-    def loop_model_input(self, sample, i):
-        return self.scale_at(sample, i)
 
     def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
         return self.construct(model_output, sample, i, noise), state

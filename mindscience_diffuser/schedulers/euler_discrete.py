@@ -12,7 +12,7 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice, check_positive
 from . import schedules
-from .base import PREDICTION_TYPES, LoopPlan, StepIndexMixin, VPSchedulerBase, as_float32, gather
+from .base import PREDICTION_TYPES, LoopPlan, ScaledInputMixin, StepIndexMixin, VPSchedulerBase, as_float32, gather
 
 EULER_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 INTERPOLATION_TYPES = ("linear", "log_linear")
@@ -50,7 +50,7 @@ def _check_churn(s_churn, s_tmin, s_tmax, s_noise) -> None:
         raise ValueError(f"s_churn and s_noise must be non-negative, got s_churn={s_churn}, s_noise={s_noise}")
 
 
-class EulerDiscreteScheduler(StepIndexMixin, VPSchedulerBase):
+class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
     """Euler sampler over the σ of a discrete VP schedule (Karras et al. 2022, Algorithm 2).
 
     With σ_i = sqrt((1-ᾱ)/ᾱ) at the inference timesteps, each step optionally "churns" the
@@ -229,14 +229,6 @@ class EulerDiscreteScheduler(StepIndexMixin, VPSchedulerBase):
         prev = euler_update(x, denoised, sigma_hat, sigma_next)
         return self._cast(prev), self._cast(denoised)
 
-    def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
-        """x / sqrt(σ² + 1) at ``timestep`` (starts the step counter like ``step`` does)."""
-        self._check_ready()
-        if timestep is None:
-            raise ValueError("scale_model_input needs the timestep (one of scheduler.timesteps)")
-        index = self._step_index_for(timestep, sample.shape[0])
-        return self.scale_at(sample, Tensor(index, ms.int32))
-
     def churn_gamma(self, step_index: int, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf")) -> float:
         """γ_i = min(s_churn/N, √2-1) when s_tmin ≤ σ_i ≤ s_tmax, else 0 (N = len(sigmas) - 1)."""
         sigma = float(self.sigmas[step_index])
@@ -253,9 +245,6 @@ class EulerDiscreteScheduler(StepIndexMixin, VPSchedulerBase):
         self.set_timesteps(num_inference_steps)
         gammas = np.array([self.churn_gamma(i, s_churn, s_tmin, s_tmax) for i in range(len(self.timesteps))], np.float32)
         return LoopPlan(self.timesteps, gammas, bool(np.any(gammas > 0)))
-
-    def loop_model_input(self, sample, i):
-        return self.scale_at(sample, i)
 
     def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
         prev, _ = self.construct(model_output, sample, i, noise, knob, constants[0])

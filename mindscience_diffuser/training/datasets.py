@@ -19,8 +19,8 @@ from .fields import generate_fields
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def as_field_array(array, name: str = "data") -> np.ndarray:
-    """``array`` as contiguous float32 (N, C, H, W); a (N, H, W) stack gets C = 1.
+def as_field_array(array, name: str = "data", dtype=np.float32) -> np.ndarray:
+    """``array`` as contiguous ``dtype`` (N, C, H, W); a (N, H, W) stack gets C = 1.
 
     Raises ``TypeError`` for non-numeric data and ``ValueError`` for any other rank, an empty
     set or non-finite values, naming ``name``.
@@ -34,7 +34,7 @@ def as_field_array(array, name: str = "data") -> np.ndarray:
         raise ValueError(f"{name} must be shaped (N, C, H, W) (or (N, H, W) for one channel), got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return arr

@@ -9,23 +9,13 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
+from .datasets import as_field_array
 
 def _as_fields(fields, name: str) -> np.ndarray:
     """(N, C, H, W) float64 from a (N, C, H, W) / (N, H, W) array or a MindSpore Tensor."""
     if hasattr(fields, "asnumpy"):
         fields = fields.asnumpy()
-    arr = np.asarray(fields)
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    if arr.ndim != 4:
-        raise ValueError(f"{name} must be shaped (N, C, H, W) or (N, H, W), got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return arr.astype(np.float64)
+    return as_field_array(fields, name, np.float64)
 
 
 def radial_power_spectrum(fields, subtract_mean: bool = False) -> Tuple[np.ndarray, np.ndarray]:
