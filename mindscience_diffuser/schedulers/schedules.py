@@ -1,7 +1,10 @@
-"""Host-side schedule tables, computed once in numpy float64.
+"""Host-side schedule tables, built once in ``__init__`` / ``set_timesteps``, never inside a
+compiled step.
 
-Everything here depends only on a scheduler's config and the number of inference steps,
-so it runs in ``__init__`` / ``set_timesteps`` and never inside a compiled step.
+What the tables really are: β and ᾱ are float32, computed in torch's operation order
+(``torch.linspace`` in float32, the cumulative product accumulated as torch does), because that is
+what reproduces diffusers' numbers; timestep spacings and σ schedules are numpy float64, as
+diffusers computes them, and callers round them to float32 where diffusers does.
 
 Notation: β_t the per-step noise variance, ᾱ_t = Π_{s<=t}(1-β_s), and for the
 variance-exploding view σ_t = sqrt((1-ᾱ_t)/ᾱ_t) (Karras et al. 2022, eq. 5 with s(t)=1/sqrt(1+σ²)).
@@ -9,7 +12,7 @@ variance-exploding view σ_t = sqrt((1-ᾱ_t)/ᾱ_t) (Karras et al. 2022, eq. 5 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -46,52 +49,6 @@ def betas_for_alpha_bar(num_train_timesteps: int, max_beta: float = 0.999, alpha
         [min(1.0 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps), max_beta) for i in steps],
         dtype=np.float64,
     )
-
-
-def make_betas(
-    beta_schedule: str,
-    num_train_timesteps: int,
-    beta_start: float,
-    beta_end: float,
-    trained_betas: Optional[Sequence[float]] = None,
-) -> np.ndarray:
-    """The training noise schedule β_0..β_{T-1}. ``trained_betas`` overrides the named schedule.
-
-    - linear: β evenly spaced from beta_start to beta_end (Ho et al. 2020, §4);
-    - scaled_linear: sqrt(β) evenly spaced (latent diffusion);
-    - squaredcos_cap_v2: the cosine ᾱ of Nichol & Dhariwal 2021, β capped at 0.999;
-    - sigmoid: β = sigmoid(linspace(-6, 6)) rescaled to [beta_start, beta_end] (GeoDiff).
-    """
-    check_positive("num_train_timesteps", num_train_timesteps, integer=True)
-    if trained_betas is not None:
-        betas = np.asarray(trained_betas, dtype=np.float64).reshape(-1)
-        if betas.size < 1 or not np.all((betas > 0) & (betas < 1)):
-            raise ValueError("trained_betas must be a non-empty sequence of values in (0, 1)")
-        return betas
-    check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-    if beta_schedule == "linear":
-        return np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
-    if beta_schedule == "scaled_linear":
-        return np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
-    if beta_schedule == "squaredcos_cap_v2":
-        return betas_for_alpha_bar(num_train_timesteps)
-    ramp = np.linspace(-6.0, 6.0, num_train_timesteps, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-ramp)) * (beta_end - beta_start) + beta_start
-
-
-def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """Shift and scale sqrt(ᾱ) so that ᾱ_T = 0 while ᾱ_0 is kept (Lin et al. 2023, Algorithm 1)."""
-    sqrt_abar = np.sqrt(np.cumprod(1.0 - betas))
-    first, last = sqrt_abar[0], sqrt_abar[-1]
-    sqrt_abar = (sqrt_abar - last) * first / (first - last)
-    abar = sqrt_abar**2
-    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
-    return 1.0 - alphas
-
-
-def alphas_cumprod_from_betas(betas: np.ndarray) -> np.ndarray:
-    """ᾱ_t = Π_{s<=t} (1 - β_s)."""
-    return np.cumprod(1.0 - betas)
 
 
 # ----------------------------------------------------------------------------- timesteps
@@ -136,11 +93,6 @@ def spaced_timesteps(
 
 # ----------------------------------------------------------------------------- sigmas
 
-def vp_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
-    """σ_t = sqrt((1-ᾱ_t)/ᾱ_t): the VP schedule seen as a VE noise level."""
-    return np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
-
-
 def sigma_to_alpha_sigma_t(sigma: np.ndarray, flow: bool = False):
     """(α_t, σ_t) of a noise level: α_t = 1/sqrt(σ²+1), σ_t = σ·α_t; for flow matching α_t = 1-σ, σ_t = σ."""
     sigma = np.asarray(sigma, dtype=np.float64)
@@ -152,9 +104,7 @@ def sigma_to_alpha_sigma_t(sigma: np.ndarray, flow: bool = False):
 
 def karras_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int, rho: float = 7.0) -> np.ndarray:
     """σ_i = (σ_max^{1/ρ} + i/(N-1)·(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ (Karras et al. 2022, eq. 5)."""
-    ramp = np.linspace(0, 1, num_inference_steps)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (hi + ramp * (lo - hi)) ** rho
+    return karras_ramp_sigmas(np.linspace(0, 1, num_inference_steps), sigma_min, sigma_max, rho)
 
 
 def exponential_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int) -> np.ndarray:
@@ -226,23 +176,35 @@ def float32_cumprod(values: np.ndarray) -> np.ndarray:
 
 
 def float32_betas(beta_schedule: str, num_train_timesteps: int, beta_start: float, beta_end: float, trained_betas=None, allowed=BETA_SCHEDULES) -> np.ndarray:
-    """The float32 β table diffusers' torch schedulers (Euler, DPM-Solver, ...) start from:
-    torch.linspace in float32 for ``linear``/``scaled_linear`` (squared in float32), the
-    float64 cosine betas cast to float32 for ``squaredcos_cap_v2``."""
+    """The training noise schedule β_0..β_{T-1} as diffusers' torch schedulers hold it (float32).
+
+    - ``trained_betas``: the given values (each in (0, 1)), overriding the named schedule;
+    - linear: ``torch.linspace(beta_start, beta_end)`` in float32 (Ho et al. 2020, §4);
+    - scaled_linear: ``torch.linspace`` of sqrt(β) in float32, squared in float32 (latent diffusion);
+    - squaredcos_cap_v2: the cosine ᾱ of Nichol & Dhariwal 2021 (eq. 17), β capped at 0.999, in float64, cast;
+    - sigmoid: β = sigmoid(linspace(-6, 6)) rescaled to [beta_start, beta_end] (GeoDiff), in float64, cast.
+    """
+    check_positive("num_train_timesteps", num_train_timesteps, integer=True)
     if trained_betas is not None:
-        return make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas).astype(np.float32)
+        betas = np.asarray(trained_betas, dtype=np.float64).reshape(-1)
+        if betas.size < 1 or not np.all((betas > 0) & (betas < 1)):
+            raise ValueError("trained_betas must be a non-empty sequence of values in (0, 1)")
+        return betas.astype(np.float32)
     check_choice("beta_schedule", beta_schedule, allowed)
-    make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)  # validates num_train_timesteps
     if beta_schedule == "linear":
         return torch_linspace_float32(beta_start, beta_end, num_train_timesteps)
     if beta_schedule == "scaled_linear":
         return torch_linspace_float32(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
-    return make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end).astype(np.float32)
+    if beta_schedule == "squaredcos_cap_v2":
+        return betas_for_alpha_bar(num_train_timesteps).astype(np.float32)
+    ramp = np.linspace(-6.0, 6.0, num_train_timesteps, dtype=np.float64)
+    return (1.0 / (1.0 + np.exp(-ramp)) * (beta_end - beta_start) + beta_start).astype(np.float32)
 
 
-def rescale_zero_terminal_snr_float32(betas: np.ndarray) -> np.ndarray:
-    """:func:`rescale_zero_terminal_snr` in diffusers' float32 arithmetic, operation by operation
-    (ᾱ near T comes from a float32 cancellation, so float64 would not reproduce it)."""
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Shift and scale sqrt(ᾱ) so that ᾱ_T = 0 while ᾱ_0 is kept (Lin et al. 2023, Algorithm 1), in
+    diffusers' float32 arithmetic operation by operation (ᾱ near T comes from a float32
+    cancellation, so float64 would not reproduce it)."""
     one = np.float32(1.0)
     sqrt_abar = np.sqrt(float32_cumprod(one - np.asarray(betas, np.float32)))
     first, last = sqrt_abar[0], sqrt_abar[-1]
@@ -275,5 +237,5 @@ def vp_alphas_cumprod(
     if trained_betas is not None and betas.size != num_train_timesteps:
         raise ValueError(f"trained_betas has {betas.size} entries but num_train_timesteps is {num_train_timesteps}")
     if rescale_betas_zero_snr:
-        betas = rescale_zero_terminal_snr_float32(betas)
+        betas = rescale_zero_terminal_snr(betas)
     return betas, float32_cumprod(np.float32(1.0) - betas)
