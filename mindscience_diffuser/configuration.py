@@ -5,7 +5,8 @@ A class that mixes in :class:`ConfigMixin` and decorates its ``__init__`` with
 ``self.config``. ``save_config`` writes it as the JSON that diffusers writes
 (``_class_name``, ``_diffusers_version``, sorted keys), and ``from_config`` /
 ``from_pretrained`` read what diffusers writes: keys starting with ``_`` are metadata,
-unknown keys are warned about and ignored, missing keys take the defaults.
+keys the class does not take are kept as hidden config (and warned about unless a compatible
+class or the writing class takes them), missing keys take the defaults.
 
 Runtime-only arguments (``compute_dtype``) are not part of the config: they describe how
 this process computes, not what the model is, and diffusers would not understand them.
@@ -18,7 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -32,9 +33,26 @@ DIFFUSERS_FORMAT_VERSION = "0.42.1"
 #: Constructor arguments that configure this process only and are never serialised.
 RUNTIME_ARGUMENTS = ("compute_dtype",)
 
+#: options that describe the trained model's noise process, not the sampler: they always travel with a
+#: config, defaults or not (this package's DDIM defaults to a cosine schedule where diffusers' other
+#: schedulers default to a linear one, and a silent switch would sample with the wrong schedule)
+MODEL_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr", "prediction_type")
+
+#: every ConfigMixin class by name, to recognise the options of the class that wrote a config
+_CONFIG_CLASSES: Dict[str, type] = {}
+
 
 class FrozenConfig(dict):
-    """A read-only dict whose keys are also attributes (``config.num_train_timesteps``)."""
+    """A read-only dict whose keys are also attributes (``config.num_train_timesteps``).
+
+    ``used_defaults`` names the keys whose values the constructor's defaults gave (diffusers'
+    ``_use_default_values``): when the config moves to another class, that class's own defaults
+    apply to them instead. It is not part of the mapping and never written to a file.
+    """
+
+    def __init__(self, *args, used_defaults=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "used_defaults", frozenset(used_defaults))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -49,7 +67,11 @@ class FrozenConfig(dict):
     __setattr__ = __delattr__ = _readonly
 
     def __reduce__(self):
-        return (FrozenConfig, (dict(self),))
+        return (_frozen_config, (dict(self), tuple(self.used_defaults)))
+
+
+def _frozen_config(data, used_defaults):
+    return FrozenConfig(data, used_defaults=used_defaults)
 
 
 def _json_value(value: Any) -> Any:
@@ -71,13 +93,15 @@ def register_to_config(init):
     @functools.wraps(init)
     def wrapper(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
+        passed = set(bound.arguments)
         bound.apply_defaults()
         values = dict(bound.arguments)
         values.pop("self")
         extra = values.pop("kwargs", None) or {}
         for key in RUNTIME_ARGUMENTS:
             values.pop(key, None)
-        object.__setattr__(self, "_internal_config", FrozenConfig({k: _json_value(v) for k, v in values.items()}))
+        defaults = [k for k in values if k not in passed and k not in MODEL_KEYS]
+        object.__setattr__(self, "_internal_config", FrozenConfig({k: _json_value(v) for k, v in values.items()}, used_defaults=defaults))
         if extra:
             logger.warning("%s ignores unknown config keys %s", type(self).__name__, sorted(extra))
         init(self, *args, **kwargs)
@@ -126,7 +150,8 @@ class ConfigMixin:
         options the object runs with."""
         changed = {key: value for key, value in changes.items() if self.config.get(key) != value}
         if changed:
-            object.__setattr__(self, "_internal_config", FrozenConfig({**self.config, **{k: _json_value(v) for k, v in changed.items()}}))
+            data = {**self.config, **{k: _json_value(v) for k, v in changed.items()}}
+            object.__setattr__(self, "_internal_config", FrozenConfig(data, used_defaults=self.config.used_defaults - set(changed)))
 
     def _config_with_metadata(self) -> Dict[str, Any]:
         data = dict(self.config)
@@ -151,24 +176,50 @@ class ConfigMixin:
         params.pop("kwargs", None)
         return params
 
-    @classmethod
-    def extract_init_kwargs(cls, config: Mapping[str, Any]) -> Dict[str, Any]:
-        """The keys of ``config`` that ``cls.__init__`` takes; warn about the rest.
+    #: names of the classes whose configs this class reads as its own (diffusers' ``_compatibles``)
+    _compatibles: Sequence[str] = ()
 
-        Keys starting with ``_`` are file metadata and dropped silently.
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _CONFIG_CLASSES[cls.__name__] = cls
+
+    @classmethod
+    def _known_keys(cls, config: Mapping[str, Any]) -> set:
+        """Options of the compatible classes and of the class that wrote ``config``: kept quietly."""
+        names = set(cls._compatibles) | {config.get("_class_name")}
+        keys = set()
+        for name in names:
+            other = _CONFIG_CLASSES.get(name) if isinstance(name, str) else None
+            if other is not None:
+                keys |= set(other._init_parameters())
+        return keys
+
+    @classmethod
+    def extract_init_kwargs(cls, config: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """``(kwargs, hidden)``: the keys of ``config`` that ``cls.__init__`` takes, and the rest.
+
+        As in diffusers, the rest is kept as hidden config (``from_config`` registers it, so a
+        config that moves on through another scheduler class keeps the options of the first);
+        keys that no compatible class and not the writing class takes are warned about. Keys
+        starting with ``_`` are file metadata and dropped silently.
         """
         accepted = cls._init_parameters()
-        kwargs, unknown = {}, []
+        known = cls._known_keys(config)
+        used_defaults = set(getattr(config, "used_defaults", ())) | set(config.get("_use_default_values", ()))
+        kwargs, hidden, unknown = {}, {}, []
         for key, value in config.items():
-            if key.startswith("_"):
+            if key.startswith("_") or key in used_defaults:
                 continue
             if key in accepted and key not in RUNTIME_ARGUMENTS:
                 kwargs[key] = value
-            else:
+                continue
+            if key not in RUNTIME_ARGUMENTS:
+                hidden[key] = value
+            if key not in known:
                 unknown.append(key)
         if unknown:
             logger.warning("%s ignores config keys it does not know: %s", cls.__name__, sorted(unknown))
-        return kwargs
+        return kwargs, hidden
 
     @classmethod
     def from_config(cls, config: Optional[Mapping[str, Any]] = None, **overrides):
@@ -181,13 +232,15 @@ class ConfigMixin:
             config = {}
         if not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping (for example other.config), got {type(config).__name__}")
-        kwargs = cls.extract_init_kwargs(config)
+        kwargs, hidden = cls.extract_init_kwargs(config)
         accepted = cls._init_parameters()
         for key, value in overrides.items():
             if key not in accepted:
                 raise TypeError(f"{cls.__name__} has no argument {key!r}; it takes {sorted(accepted)}")
             kwargs[key] = value
-        return cls(**kwargs)
+        instance = cls(**kwargs)
+        instance._update_config(**{key: value for key, value in hidden.items() if key not in instance.config})
+        return instance
 
     @classmethod
     def load_config(cls, pretrained_path: Union[str, os.PathLike], subfolder: Optional[str] = None) -> Dict[str, Any]:

@@ -274,7 +274,7 @@ def test_round_trip_error_shrinks_with_steps():
     ({"algorithm_type": "euler"}, "algorithm_type must be one of"),
     ({"solver_type": "rk4"}, "solver_type must be one of"),
     ({"prediction_type": "score"}, "prediction_type must be one of"),
-    ({"variance_type": "fixed_small"}, "variance_type must be one of"),
+    ({"variance_type": "fixed_medium"}, "variance_type must be one of"),
     ({"timestep_spacing": "uniform"}, "timestep_spacing must be one of"),
     ({"beta_schedule": "sigmoid"}, "beta_schedule must be one of"),
     ({"use_karras_sigmas": True, "use_beta_sigmas": True}, "only one of"),

@@ -83,12 +83,10 @@ class DPMSolverPipeline(DiffusionPipeline):
 
 
 def convert_inverse(scheduler: DPMSolverMultistepScheduler) -> DPMSolverMultistepInverseScheduler:
-    """The inverse scheduler with ``scheduler``'s config (forward-only keys dropped)."""
+    """The inverse scheduler with ``scheduler``'s config (forward-only keys kept as hidden config)."""
     if scheduler.stochastic:
         raise ValueError(
             f"invert needs a deterministic solver; the scheduler has algorithm_type={scheduler.config.algorithm_type!r}. "
             "Use 'dpmsolver++' or 'dpmsolver'"
         )
-    accepted = DPMSolverMultistepInverseScheduler._init_parameters()
-    config = {k: v for k, v in scheduler.config.items() if k in accepted}
-    return DPMSolverMultistepInverseScheduler.from_config(config, compute_dtype=scheduler.compute_dtype)
+    return convert_scheduler(scheduler, DPMSolverMultistepInverseScheduler)

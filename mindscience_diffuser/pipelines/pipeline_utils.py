@@ -106,14 +106,13 @@ VP_DESCRIPTION = "a scheduler on a discrete beta schedule (DDIMScheduler, DDPMSc
 
 
 def convert_scheduler(scheduler, target: type):
-    """``scheduler`` as a ``target`` with the same config (keys ``target`` does not take are
-    dropped) and compute dtype; ``scheduler`` itself when it already is one."""
+    """``scheduler`` as a ``target`` with the same config and compute dtype (keys ``target`` does
+    not take ride along as hidden config, as in diffusers); ``scheduler`` itself when it already is one."""
     if isinstance(scheduler, target):
         return scheduler
     if not isinstance(scheduler, VP_SCHEDULERS):
         raise TypeError(f"cannot convert a {type(scheduler).__name__} to {target.__name__}; pass {VP_DESCRIPTION}")
-    accepted = target._init_parameters()
-    config = {k: v for k, v in scheduler.config.items() if k in accepted}
+    config = FrozenConfig({**scheduler.config, "_class_name": type(scheduler).__name__}, used_defaults=scheduler.config.used_defaults)
     return target.from_config(config, compute_dtype=scheduler.compute_dtype)
 
 

@@ -22,11 +22,18 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..configuration import ConfigMixin
+from ..configuration import _CONFIG_CLASSES, ConfigMixin
 from ..utils import GeneratorLike, check_choice, check_compute_dtype, check_positive, randn
 from . import schedules
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+#: diffusers' KarrasDiffusionSchedulers: the schedulers on a discrete β schedule that read each other's configs
+KARRAS_COMPATIBLES = (
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "EDMEulerScheduler",
+)
 TimestepLike = Union[int, float, Tensor, np.ndarray]
 
 
@@ -185,8 +192,10 @@ class SchedulerBase(nn.Cell, ConfigMixin):
             timestep = Tensor(timestep)
         if not isinstance(timestep, Tensor):
             raise TypeError(f"timestep must be a Python number, a 0-d Tensor or a (B,) Tensor, got {type(timestep).__name__}")
+        if timestep.ndim == 1 and timestep.shape[0] == 1 and batch != 1:
+            timestep = timestep.reshape(())  # one timestep for the whole batch, as a scalar
         if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] != batch):
-            raise ValueError(f"timestep must be a scalar or have shape ({batch},) to match the batch, got shape {tuple(timestep.shape)}")
+            raise ValueError(f"timestep must be a scalar, (1,) or have shape ({batch},) to match the batch, got shape {tuple(timestep.shape)}")
         return timestep.astype(dtype)
 
     def _noise_like(self, sample: Tensor, generator: GeneratorLike, variance_noise: Optional[Tensor]) -> Tensor:
@@ -244,6 +253,12 @@ class SchedulerBase(nn.Cell, ConfigMixin):
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
+    @property
+    def compatibles(self) -> list:
+        """The scheduler classes of this package that read this scheduler's config (diffusers' ``compatibles``)."""
+        names = [type(self).__name__] + [name for name in self._compatibles if name != type(self).__name__]
+        return [_CONFIG_CLASSES[name] for name in names if name in _CONFIG_CLASSES]
+
     # -- the scheduler's part of the sampling loop ---------------------------------------------
     # The pipelines' one loop (``SamplingLoop.construct``) calls these four methods and nothing
     # else of the scheduler, so a scheduler runs in every pipeline of its family by defining them.
@@ -299,6 +314,7 @@ class VPSchedulerBase(SchedulerBase):
     tolerance of 1e-5 sees, so float64 tables would not reproduce its numbers.
     """
 
+    _compatibles = KARRAS_COMPATIBLES
     #: the ``beta_schedule`` values the scheduler takes
     beta_schedules: Tuple[str, ...] = schedules.BETA_SCHEDULES
     #: under zero-terminal-SNR rescaling, pin ᾱ_T at 2^-24 instead of 0 (schedulers that divide by
@@ -315,10 +331,23 @@ class VPSchedulerBase(SchedulerBase):
         )
         if cfg.get("rescale_betas_zero_snr", False) and self.pins_terminal_snr:
             self.alphas_cumprod[-1] = np.float32(2.0**-24)
+        elif self.pins_terminal_snr and np.any(self.alphas_cumprod == 0):
+            # These schedulers work on σ = sqrt((1-ᾱ)/ᾱ) from the start: an underflowed ᾱ is infinite noise.
+            raise ValueError(self._underflow_message())
         self.alphas = np.float32(1.0) - self.betas
         self._set_table("alphas_cumprod_table", self.alphas_cumprod)
         self.timesteps = np.arange(T)[::-1].copy().astype(np.int64)
         self.custom_timesteps = False
+
+    def _underflow_message(self) -> str:
+        first = int(np.flatnonzero(self.alphas_cumprod == 0)[0])
+        cfg = self.config
+        return (
+            f"alpha_cumprod underflows to 0 in float32 from training timestep {first} on with beta_schedule={cfg.get('beta_schedule')!r}, "
+            f"beta_start={cfg.get('beta_start')}, beta_end={cfg.get('beta_end')} and num_train_timesteps={cfg['num_train_timesteps']}: "
+            "no signal is left there and the noise level sqrt((1-alpha_cumprod)/alpha_cumprod) is infinite; use smaller betas or "
+            "fewer training timesteps (or a prediction type other than epsilon, with DDIM/DDPM)"
+        )
 
     def train_sigmas(self) -> np.ndarray:
         """σ_t = sqrt((1-ᾱ_t)/ᾱ_t) for t = 0..T-1 (ascending), float32 as diffusers computes them."""
@@ -382,6 +411,8 @@ class TimestepTableSchedulerBase(VPSchedulerBase):
         abar = self.alphas_cumprod
         abar_prev = np.where(previous >= 0, abar[np.maximum(previous, 0)], np.float32(self._final_alpha_cumprod())).astype(np.float32)
         if self.config.get("prediction_type", "epsilon") == "epsilon" and np.any(abar[timesteps] == 0):
+            if not self.config.get("rescale_betas_zero_snr", False):
+                raise ValueError(self._underflow_message())
             raise ValueError(
                 "epsilon prediction cannot recover x0 where alpha_cumprod is 0 (rescale_betas_zero_snr with a "
                 "schedule that reaches the last training timestep); use prediction_type='v_prediction' or 'sample', "

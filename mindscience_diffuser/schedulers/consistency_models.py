@@ -94,7 +94,7 @@ class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, Scheduler
         """(c_skip, c_out) of :func:`boundary_scalings` at ``sigma`` (a number, array or Tensor)."""
         return boundary_scalings(sigma, self.config["sigma_min"], self.config["sigma_data"])
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None) -> None:
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None) -> None:
         """Place the sampling noise levels on the Karras schedule over the training steps.
 
         ``num_inference_steps`` uses training steps 0, T//N, 2·T//N, ...; ``timesteps`` is an
@@ -102,7 +102,7 @@ class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, Scheduler
         of the list is mapped to the Karras ramp position i-th from the *end* divided by
         (T-1), exactly as the reference sampler does, and ``self.timesteps`` holds the float
         conditioning values of those σ.
-        """
+        ``device`` is accepted for diffusers compatibility and ignored."""
         T = self.config.num_train_timesteps
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")

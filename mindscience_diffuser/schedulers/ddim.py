@@ -74,9 +74,10 @@ class DDIMScheduler(TimestepTableSchedulerBase):
         self._init_betas()
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else self.alphas_cumprod[0]
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None) -> None:
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None) -> None:
         """Choose the inference timesteps: ``num_inference_steps`` spaced by ``timestep_spacing``,
-        or an explicit descending list ``timesteps`` (each steps to the next one in the list)."""
+        or an explicit descending list ``timesteps`` (each steps to the next one in the list).
+        ``device`` is accepted for diffusers compatibility and ignored."""
         cfg = self.config
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")

@@ -78,14 +78,15 @@ class DDPMScheduler(TimestepTableSchedulerBase):
     ):
         super().__init__(compute_dtype)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        check_choice("variance_type", variance_type, (None,) + VARIANCE_TYPES)
         check_choice("timestep_spacing", timestep_spacing, schedules.TIMESTEP_SPACINGS)
         self._init_betas()
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None) -> None:
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None) -> None:
         """Choose the inference timesteps: ``num_inference_steps`` spaced by ``timestep_spacing``,
         or an explicit descending list ``timesteps``. Either way each timestep steps to the
-        next one in the list, and the last one to x0."""
+        next one in the list, and the last one to x0.
+        ``device`` is accepted for diffusers compatibility and ignored."""
         cfg = self.config
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")
@@ -107,7 +108,7 @@ class DDPMScheduler(TimestepTableSchedulerBase):
         step_alpha = abar / abar_prev
         step_beta = one - step_alpha
         posterior_var = np.maximum((one - abar_prev) / (one - abar) * step_beta, np.float32(1e-20))
-        fixed_var = step_beta if self.config["variance_type"].startswith("fixed_large") else posterior_var
+        fixed_var = step_beta if str(self.config["variance_type"]).startswith("fixed_large") else posterior_var
         return {
             "alpha": np.sqrt(abar),
             "sigma": np.sqrt(one - abar),

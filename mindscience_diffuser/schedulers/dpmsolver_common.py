@@ -39,7 +39,9 @@ ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++
 SOLVER_TYPES = ("midpoint", "heun")
 DPM_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 DPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-VARIANCE_TYPES = (None, "learned", "learned_range")
+LEARNED_VARIANCES = ("learned", "learned_range")
+# A DDPM config's fixed variance types mean the model predicts no variance (diffusers ignores them too).
+VARIANCE_TYPES = (None, *LEARNED_VARIANCES, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 # Older diffusers configs (DEIS, UniPC) name options DPM-Solver does not have; diffusers maps them.
 ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
 SOLVER_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
@@ -337,7 +339,7 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         return row[:8], row[8], row[9], row[10]
 
     def _converted(self, model_output: Tensor, sample: Tensor, alpha_s0, sigma_s0, sigma_raw) -> Tensor:
-        if self.config["variance_type"] is not None:
+        if self.config["variance_type"] in LEARNED_VARIANCES:
             # The model predicts [ε, v] as 2C channels; the solver uses the first C.
             model_output = model_output[:, : sample.shape[1]]
         return convert_model_output(self.config["algorithm_type"], self.config["prediction_type"], model_output, sample, alpha_s0, sigma_s0, sigma_raw, self._threshold)
@@ -407,7 +409,7 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         :class:`SchedulerOutput` (``True``) or ``(prev_sample, pred_original_sample)`` (``False``).
         """
         self._check_ready()
-        self._check_tensors(model_output, sample, channel_multiple=(2,) if self.config["variance_type"] else (1,))
+        self._check_tensors(model_output, sample, channel_multiple=(2,) if self.config["variance_type"] in LEARNED_VARIANCES else (1,))
         state, index = self._resolve_state(sample, timestep)
         if self.stochastic:
             noise = self._noise_like(sample, generator, variance_noise)
@@ -417,7 +419,8 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         prev, x0, new_state = self(self._cast(model_output), self._cast(sample), noise, ms.mutable(tuple(state)))
         self._state = tuple(new_state)
         self._step_index = index + 1  # what construct wrote into new_state[0]
-        return self._pack(return_dict, SchedulerOutput, prev, x0)
+        # diffusers' tuple is (prev_sample,); the dataclass also carries the x0 estimate.
+        return (prev,) if return_dict is False else self._pack(return_dict, SchedulerOutput, prev, x0)
 
     # -- diffusers' building blocks, at the current step index -----------------------------------
     def _current_knots(self, order: int = 1):

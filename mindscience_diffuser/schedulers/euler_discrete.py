@@ -78,12 +78,6 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
     order = 1
     beta_schedules = EULER_BETA_SCHEDULES
     pins_terminal_snr = True  # σ_T ≈ 4096 instead of infinite
-    _compatibles = [
-        "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
-        "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
-        "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler", "KDPM2DiscreteScheduler",
-        "KDPM2AncestralDiscreteScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler", "EDMEulerScheduler",
-    ]
 
     @register_to_config
     def __init__(
@@ -164,12 +158,14 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
     def set_timesteps(
         self,
         num_inference_steps: Optional[int] = None,
+        device=None,
         timesteps: Optional[Sequence[float]] = None,
         sigmas: Optional[Sequence[float]] = None,
     ) -> None:
         """Build the sampling schedule from exactly one of ``num_inference_steps`` (spaced by
         ``timestep_spacing``), ``timesteps`` (explicit, descending training timesteps) or
-        ``sigmas`` (explicit σ, including the final one; timesteps follow by log-σ interpolation)."""
+        ``sigmas`` (explicit σ, including the final one; timesteps follow by log-σ interpolation).
+        ``device`` is accepted for diffusers compatibility and ignored."""
         cfg = self.config
         given = [name for name, value in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps), ("sigmas", sigmas)) if value is not None]
         if len(given) != 1:

@@ -104,8 +104,9 @@ class ScoreSdeVeScheduler(SchedulerBase):
             raise ValueError(f"sampling_eps must lie in (0, 1], got {sampling_eps!r}")
 
     # -- host-side schedule ------------------------------------------------------------------
-    def set_timesteps(self, num_inference_steps: int, sampling_eps: Optional[float] = None) -> None:
-        """Continuous times t_i evenly from 1 down to ``sampling_eps`` (float32, as torch.linspace)."""
+    def set_timesteps(self, num_inference_steps: int, sampling_eps: Optional[float] = None, device=None) -> None:
+        """Continuous times t_i evenly from 1 down to ``sampling_eps`` (float32, as torch.linspace).
+        ``device`` is accepted for diffusers compatibility and ignored."""
         n = self._check_num_inference_steps(num_inference_steps)
         self._check_sigmas(None, None, sampling_eps)
         eps = self.config.sampling_eps if sampling_eps is None else sampling_eps
