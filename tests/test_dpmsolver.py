@@ -165,9 +165,9 @@ def test_building_blocks_reproduce_diffusers_steps():
         x, m = Tensor(rec["samples"][i]), Tensor(rec["model_outputs"][i])
         outs.append(sched.convert_model_output(m, x))
         blocks = [
-            lambda: sched.dpm_solver_first_order_update(outs[-1], x),
-            lambda: sched.multistep_dpm_solver_second_order_update(outs, x),
-            lambda: sched.multistep_dpm_solver_third_order_update(outs, x),
+            lambda x=x: sched.dpm_solver_first_order_update(outs[-1], x),
+            lambda x=x: sched.multistep_dpm_solver_second_order_update(outs, x),
+            lambda x=x: sched.multistep_dpm_solver_third_order_update(outs, x),
         ]
         assert H.rel_err(blocks[i]().asnumpy(), rec["samples"][i + 1]) <= H.STEP_TOL
         sched.step(m, x, int(sched.timesteps[i]))  # advance the index

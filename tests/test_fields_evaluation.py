@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mindscience_diffuser import DEFAULT_MODEL_PATH as DEFAULT_MODEL
 from mindscience_diffuser.training import (
     SyntheticFieldDataset,
     darcy_permeability,
@@ -17,8 +18,6 @@ from mindscience_diffuser.training import (
     wasserstein1,
 )
 from mindscience_diffuser.training.fields import power_law_spectrum, wavenumber_grid
-
-from mindscience_diffuser import DEFAULT_MODEL_PATH as DEFAULT_MODEL
 
 
 def test_grf_has_the_prescribed_spectrum_and_std():

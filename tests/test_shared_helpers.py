@@ -58,8 +58,8 @@ def test_check_positive_wrong_value_is_a_value_error(value, kind, allowed):
 def test_every_former_copy_uses_the_one_policy():
     """Pipelines, UNet config, field generators and trainer options: a float where an int belongs
     is a TypeError (that is also a ValueError), a zero is a ValueError."""
-    from mindscience_diffuser.models import UNet2DModel
     from mindscience_diffuser import DDIMScheduler
+    from mindscience_diffuser.models import UNet2DModel
     from mindscience_diffuser.training import TrainerConfig, gaussian_random_field
 
     calls = [

@@ -1,7 +1,6 @@
 """DiffusionTrainer: loss targets and weights against a numpy re-derivation, the compiled step,
 checkpoints (layout, atomicity, bit-exact resume), export, datasets and bad input."""
 import json
-import os
 
 import mindspore as ms
 import numpy as np

@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import diffusers  # noqa: E402
 import torch  # noqa: E402
-
 from golden_harness import write_cases  # noqa: E402
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT))
 
 import train_default_model as recipe  # noqa: E402
+
 from mindscience_diffuser import DDIMScheduler, DPMSolverMultistepScheduler  # noqa: E402
 from mindscience_diffuser.training import evaluate  # noqa: E402
 from mindscience_diffuser.training.fields import power_law_spectrum, wavenumber_grid  # noqa: E402

@@ -3,11 +3,11 @@
 Each scheduler module adds its class to ``__all__`` through the import below.
 """
 from .base import SchedulerBase, StepIndexMixin, TimestepTableSchedulerBase, VPSchedulerBase
+from .consistency_models import CMStochasticIterativeScheduler
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
-from .consistency_models import CMStochasticIterativeScheduler
 from .euler_discrete import EulerDiscreteScheduler
 from .score_sde_ve import ScoreSdeVeScheduler
 

@@ -23,7 +23,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from ..configuration import ConfigMixin
-from ..utils import GeneratorLike, check_choice, check_compute_dtype, check_positive, randn
+from ..utils import GeneratorLike, check_compute_dtype, check_positive, randn
 from . import schedules
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")

@@ -11,7 +11,14 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import PREDICTION_TYPES, LoopPlan, TimestepLike, TimestepTableSchedulerBase, clip_or_threshold, predict_x0_and_eps
+from .base import (
+    PREDICTION_TYPES,
+    LoopPlan,
+    TimestepLike,
+    TimestepTableSchedulerBase,
+    clip_or_threshold,
+    predict_x0_and_eps,
+)
 
 
 def _check_eta(eta) -> None:

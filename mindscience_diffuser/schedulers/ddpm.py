@@ -11,7 +11,14 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import PREDICTION_TYPES, LoopPlan, TimestepLike, TimestepTableSchedulerBase, broadcast_to_sample, clip_or_threshold, predict_x0_and_eps
+from .base import (
+    PREDICTION_TYPES,
+    LoopPlan,
+    TimestepLike,
+    TimestepTableSchedulerBase,
+    clip_or_threshold,
+    predict_x0_and_eps,
+)
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 LEARNED_VARIANCES = ("learned", "learned_range")

@@ -7,7 +7,7 @@ Everything here is host-side numpy (float64 internally, float32 out) and reprodu
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import numpy as np
 

@@ -3,7 +3,7 @@ for evaluation (the command line's ``train`` is :func:`mindscience_diffuser.cli.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Union
+from typing import Dict, Union
 
 import numpy as np
 

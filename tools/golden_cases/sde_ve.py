@@ -68,18 +68,22 @@ def record_pc_loop(case):
             ins, outs, nexts = [], [], []
             for _ in range(k):
                 m = score_model(x, sigma_t, kind)
-                ins.append(x.numpy().copy()); outs.append(m.numpy().copy())
+                ins.append(x.numpy().copy())
+                outs.append(m.numpy().copy())
                 x = sched.step_correct(m, x).prev_sample
                 nexts.append(x.numpy().copy())
             m = score_model(x, sigma_t, kind)
-            ins.append(x.numpy().copy()); outs.append(m.numpy().copy())
+            ins.append(x.numpy().copy())
+            outs.append(m.numpy().copy())
             out = sched.step_pred(m, t, x)
             x = out.prev_sample
             nexts.append(x.numpy().copy())
             drawn = tape.take()
             assert len(drawn) == k + 1, (case["name"], len(drawn))
-            rec["sub_inputs"].append(np.stack(ins)); rec["sub_model_outputs"].append(np.stack(outs))
-            rec["sub_outputs"].append(np.stack(nexts)); rec["noise"].append(np.stack(drawn))
+            rec["sub_inputs"].append(np.stack(ins))
+            rec["sub_model_outputs"].append(np.stack(outs))
+            rec["sub_outputs"].append(np.stack(nexts))
+            rec["noise"].append(np.stack(drawn))
             rec["prev_mean"].append(out.prev_sample_mean.numpy().copy())
             xs.append(x.numpy().copy())
     finally:
