@@ -126,7 +126,8 @@ class ConfigMixin:
         options the object runs with."""
         changed = {key: value for key, value in changes.items() if self.config.get(key) != value}
         if changed:
-            object.__setattr__(self, "_internal_config", FrozenConfig({**self.config, **{k: _json_value(v) for k, v in changed.items()}}))
+            object.__setattr__(self, "_internal_config",
+                               FrozenConfig({**self.config, **{k: _json_value(v) for k, v in changed.items()}}))
 
     def _config_with_metadata(self) -> Dict[str, Any]:
         data = dict(self.config)

@@ -22,8 +22,8 @@ from .trainer import DiffusionLoss, DiffusionTrainer, TrainerConfig, latest_chec
 
 __all__ = [
     "DiffusionTrainer", "TrainerConfig", "DiffusionLoss", "snr_weights", "learning_rate_at", "latest_checkpoint",
-    "FieldDataset", "ArrayDataset", "ImageFolderDataset", "SyntheticFieldDataset", "BatchOrder", "as_dataset", "load_fields",
-    "dataset_from_spec", "generate_samples", "small_unet_config",
+    "FieldDataset", "ArrayDataset", "ImageFolderDataset", "SyntheticFieldDataset", "BatchOrder", "as_dataset",
+    "load_fields", "dataset_from_spec", "generate_samples", "small_unet_config",
     "gaussian_random_field", "darcy_permeability", "generate_fields", "power_law_spectrum",
     "evaluate", "plot_spectra", "radial_power_spectrum", "spectrum_relative_error", "wasserstein1", "histogram_l1",
 ]

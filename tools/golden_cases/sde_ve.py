@@ -131,5 +131,7 @@ def cases():
         _case("rank3", shape=[2, 5, 3], steps=5),
         _case("rank5", {"correct_steps": 2}, shape=[2, 2, 2, 3, 3], steps=4),
         # diffusers' test_full_loop_no_noise: published 14372758528.0 / 18714530.0 with torch.manual_seed(0).
-        _case("published", {"num_train_timesteps": 2000, "snr": 0.15, "sigma_min": 0.01, "sigma_max": 1348, "sampling_eps": 1e-5}, steps=3, published=True),
+        _case("published",
+              {"num_train_timesteps": 2000, "snr": 0.15, "sigma_min": 0.01, "sigma_max": 1348, "sampling_eps": 1e-5},
+              steps=3, published=True),
     ]
