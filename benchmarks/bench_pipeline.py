@@ -28,11 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, set_alpha_to_one=True, steps_offset=0)
+SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, set_alpha_to_one=True,
+                 steps_offset=0)
 MD_HEADER = "## Pipelines"
 
 
@@ -72,7 +71,8 @@ def bench_config(layout: str, batch: int, steps: int, reps: int, theirs, ours, w
 
     def run_theirs():
         with torch.no_grad():
-            theirs(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+            theirs(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                   output_type="np")
 
     def run_ours():
         ours(batch_size=batch, num_inference_steps=steps, generator=0, output_type="np")
@@ -114,7 +114,8 @@ def memory_child(side: str, layout: str, batch: int, steps: int) -> None:
         pipe = build_torch_pipe(layout)
         before = peak()
         with torch.no_grad():
-            pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+            pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                 output_type="np")
     else:
         import mindspore as ms
 
@@ -135,18 +136,27 @@ def memory(side: str, layout: str, batch: int, steps: int) -> dict:
 
 def table(rows, memories) -> str:
     lines = [
-        "| layout | batch | steps | ours GRAPH s | diffusers s | ratio ours/diffusers | ours ms/step | diffusers ms/step | ours first call s (compile s) |",
+        "| layout | batch | steps | ours GRAPH s | diffusers s | ratio ours/diffusers "
+        "| ours ms/step | diffusers ms/step | ours first call s (compile s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['layout']} | {r['batch']} | {r['steps']} | {r['ours_s']:.2f} | {r['torch_s']:.2f} | **{r['ratio']:.2f}** "
-            f"| {r['ours_s'] / r['steps'] * 1e3:.1f} | {r['torch_s'] / r['steps'] * 1e3:.1f} | {r['first_s']:.1f} ({r['compile_s']:.1f}) |"
+            f"| {r['layout']} | {r['batch']} | {r['steps']} | {r['ours_s']:.2f} | {r['torch_s']:.2f} "
+            f"| **{r['ratio']:.2f}** "
+            f"| {r['ours_s'] / r['steps'] * 1e3:.1f} | {r['torch_s'] / r['steps'] * 1e3:.1f} "
+            f"| {r['first_s']:.1f} ({r['compile_s']:.1f}) |"
         )
     if memories:
-        lines += ["", "| layout | batch | steps | peak RSS MiB ours (GRAPH, incl. compile) | peak RSS MiB diffusers | growth during the call ours / diffusers |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| layout | batch | steps | peak RSS MiB ours (GRAPH, incl. compile) | peak RSS MiB diffusers "
+            "| growth during the call ours / diffusers |",
+            "|---|---|---|---|---|---|",
+        ]
         for (layout, batch, steps), m in memories.items():
-            lines.append(f"| {layout} | {batch} | {steps} | {m['ours']['peak_mib']:.0f} | {m['torch']['peak_mib']:.0f} "
+            lines.append(f"| {layout} | {batch} | {steps} | {m['ours']['peak_mib']:.0f} "
+                         f"| {m['torch']['peak_mib']:.0f} "
                          f"| +{m['ours']['call_mib']:.0f} / +{m['torch']['call_mib']:.0f} |")
     return "\n".join(lines)
 
@@ -166,8 +176,10 @@ def chart(rows, path: Path) -> None:
             if not sel:
                 continue
             b = [r["batch"] for r in sel]
-            ax.plot(b, [r["ours_s"] / steps * 1e3 for r in sel], style, marker="o", color="tab:blue", label=f"ours GRAPH, {steps} steps")
-            ax.plot(b, [r["torch_s"] / steps * 1e3 for r in sel], style, marker="s", color="tab:orange", label=f"diffusers torch, {steps} steps")
+            ax.plot(b, [r["ours_s"] / steps * 1e3 for r in sel], style, marker="o", color="tab:blue",
+                    label=f"ours GRAPH, {steps} steps")
+            ax.plot(b, [r["torch_s"] / steps * 1e3 for r in sel], style, marker="s", color="tab:orange",
+                    label=f"diffusers torch, {steps} steps")
         ax.set_title(f"DDIMPipeline, {layout} layout")
         ax.set_xlabel("batch size")
         ax.set_ylabel("ms per step")
@@ -200,7 +212,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small layout, 1 rep, no memory runs")
     parser.add_argument("--pynative", action="store_true", help="also time our pipeline in PyNative and under ms.jit")
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--memory-steps", type=int, help="steps of the peak-memory runs (default: the fewest benchmarked)")
+    parser.add_argument("--memory-steps", type=int,
+                        help="steps of the peak-memory runs (default: the fewest benchmarked)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--chart", type=Path, help="write the time-per-step chart (PNG) here")
     args = parser.parse_args()

@@ -45,7 +45,8 @@ for _ in range(calls):
     start = time.perf_counter()
     pipe(**kwargs).images.asnumpy()
     times.append(time.perf_counter() - start)
-print(json.dumps({"first_call": first_call, "call": sorted(times)[len(times) // 2], "checksum": float(np.abs(first).sum())}))
+median = sorted(times)[len(times) // 2]
+print(json.dumps({"first_call": first_call, "call": median, "checksum": float(np.abs(first).sum())}))
 """
 
 
@@ -78,14 +79,18 @@ def main() -> int:
                     for side in order:
                         results[side].append(run(sides[side], layout, batch, steps, args.calls))
                 raw.append({"layout": layout, "batch": batch, "steps": steps, **results})
-                med = {side: {k: statistics.median(r[k] for r in results[side]) for k in ("first_call", "call")} for side in results}
+                med = {side: {k: statistics.median(r[k] for r in runs) for k in ("first_call", "call")}
+                       for side, runs in results.items()}
                 same = results["old"][0]["checksum"] == results["new"][0]["checksum"]
-                rows.append((layout, batch, steps, med["old"]["call"], med["new"]["call"], med["new"]["call"] / med["old"]["call"],
-                             med["old"]["first_call"], med["new"]["first_call"], same))
-    print("| layout | batch | steps | old call s | new call s | new/old | old first call s | new first call s | same output |")
+                old, new = med["old"], med["new"]
+                rows.append((layout, batch, steps, old["call"], new["call"], new["call"] / old["call"],
+                             old["first_call"], new["first_call"], same))
+    print("| layout | batch | steps | old call s | new call s | new/old | old first call s | new first call s "
+          "| same output |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for layout, batch, steps, old, new, ratio, old_first, new_first, same in rows:
-        print(f"| {layout} | {batch} | {steps} | {old:.3f} | {new:.3f} | {ratio:.2f} | {old_first:.2f} | {new_first:.2f} | {'yes' if same else 'NO'} |")
+        print(f"| {layout} | {batch} | {steps} | {old:.3f} | {new:.3f} | {ratio:.2f} | {old_first:.2f} "
+              f"| {new_first:.2f} | {'yes' if same else 'NO'} |")
     if args.json:
         args.json.write_text(json.dumps(raw, indent=2))
     return 0

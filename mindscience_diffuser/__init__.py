@@ -2,6 +2,7 @@
 from pathlib import Path as _Path
 
 from .configuration import ConfigMixin, FrozenConfig, register_to_config
+from .models import UNet2DModel
 from .outputs import (
     CMStochasticIterativeSchedulerOutput,
     ImagePipelineOutput,
@@ -9,9 +10,6 @@ from .outputs import (
     SdeVeOutput,
     UNet2DOutput,
 )
-from .schedulers import *  # noqa: F401,F403  (every scheduler class)
-from .training import DiffusionTrainer, SyntheticFieldDataset, evaluate  # noqa: F401
-from .models import UNet2DModel
 from .pipelines import (  # noqa: F401
     ConsistencyModelPipeline,
     DDIMPipeline,
@@ -20,6 +18,8 @@ from .pipelines import (  # noqa: F401
     DPMSolverPipeline,
     ScoreSdeVePipeline,
 )
+from .schedulers import *  # noqa: F401,F403  (every scheduler class)
+from .training import DiffusionTrainer, SyntheticFieldDataset, evaluate  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -152,7 +152,8 @@ def _model_dir(value: Optional[str]) -> Path:
     path = Path(value) if value else DEFAULT_MODEL_PATH
     for name in ("model_index.json", "unet/config.json"):
         if not (path / name).is_file():
-            raise UsageError(f"--model must be a pipeline folder with model_index.json and unet/config.json (diffusers layout); {path} has no {name}")
+            raise UsageError("--model must be a pipeline folder with model_index.json and unet/config.json "
+                             f"(diffusers layout); {path} has no {name}")
     return path
 
 
@@ -225,7 +226,8 @@ def cmd_sample(opts: argparse.Namespace) -> int:
         # goes straight into `evaluate --generated`; samplers working in [0, 1] are mapped to [-1, 1].
         fields = samples.asnumpy() if pipe.signed_output else samples.asnumpy() * np.float32(2) - np.float32(1)
         save_npy(Path(opts.save_npy), fields)
-    print(f"wrote {out} ({len(images)} samples, {pipeline}, {kwargs.get('num_inference_steps', 1)} steps, {seconds:.1f} s)")
+    print(f"wrote {out} ({len(images)} samples, {pipeline}, {kwargs.get('num_inference_steps', 1)} steps, "
+          f"{seconds:.1f} s)")
     return 0
 
 
@@ -259,7 +261,8 @@ def cmd_train(opts: argparse.Namespace) -> int:
         weighting=None if opts.weighting == "none" else opts.weighting,
         ema_decay=opts.ema_decay, seed=opts.seed, output_dir=opts.output, checkpoint_every=opts.checkpoint_every,
     )
-    trainer.train(data, opts.steps, resume_from="latest" if opts.resume else None, log_every=None if opts.quiet else 10)
+    trainer.train(data, opts.steps, resume_from="latest" if opts.resume else None,
+                  log_every=None if opts.quiet else 10)
     final = trainer.save_pretrained(Path(opts.output) / "final")
     if not opts.quiet:
         print(f"trained {trainer.step} steps; pipeline written to {final}")
@@ -279,7 +282,8 @@ def cmd_evaluate(opts: argparse.Namespace) -> int:
     if opts.plot:
         evaluation.plot_spectra(generated, reference, Path(opts.plot))
     if opts.max_spectrum_error is not None and metrics["spectrum_rel_error"] > opts.max_spectrum_error:
-        print(f"spectrum error {metrics['spectrum_rel_error']:.4f} exceeds --max-spectrum-error {opts.max_spectrum_error}", file=sys.stderr)
+        print(f"spectrum error {metrics['spectrum_rel_error']:.4f} exceeds --max-spectrum-error "
+              f"{opts.max_spectrum_error}", file=sys.stderr)
         return 1
     return 0
 
@@ -297,7 +301,8 @@ def cmd_invert(opts: argparse.Namespace) -> int:
     save_npy(Path(opts.output), latents)
     message = f"wrote {opts.output}: latents {latents.shape}"
     if opts.reconstruct:
-        recon = pipe(batch_size=len(latents), latents=ms.Tensor(latents), num_inference_steps=opts.steps, output_type="latent").images.asnumpy()
+        recon = pipe(batch_size=len(latents), latents=ms.Tensor(latents), num_inference_steps=opts.steps,
+                     output_type="latent").images.asnumpy()
         save_npy(Path(opts.reconstruct), recon)
         message += f"; reconstruction max abs error {float(np.abs(recon - samples).max()):.3e} -> {opts.reconstruct}"
     print(message)
@@ -329,7 +334,8 @@ def cmd_convert(opts: argparse.Namespace) -> int:
     missing, unexpected = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
     shapes = sorted(k for k in set(expected) & set(params) if tuple(expected[k].shape) != tuple(params[k].shape))
     if missing or unexpected or shapes:
-        raise UsageError(f"checkpoint does not fit the config: missing {missing[:8]}, unexpected {unexpected[:8]}, wrong shape {shapes[:8]}")
+        raise UsageError(f"checkpoint does not fit the config: missing {missing[:8]}, unexpected {unexpected[:8]}, "
+                         f"wrong shape {shapes[:8]}")
     ms.load_param_into_net(unet, params, strict_load=True)
     unet.save_pretrained(target)
     print(f"wrote {target} (config.json, diffusion_pytorch_model.safetensors)")
@@ -406,18 +412,21 @@ def _common(mode: str = "graph") -> Tuple[Option, ...]:
 COMMANDS: Tuple[Command, ...] = (
     Command("sample", "generate samples and write a PNG grid", cmd_sample, _common() + (
         Option("model", "pipeline folder (diffusers layout)", shown_default="the shipped field model"),
-        Option("pipeline", "sampler", choices=tuple(sorted(PIPELINES)), shown_default="the model folder's own pipeline, from model_index.json"),
+        Option("pipeline", "sampler", choices=tuple(sorted(PIPELINES)),
+               shown_default="the model folder's own pipeline, from model_index.json"),
         Option("steps", "inference steps", _positive_int, shown_default="25; consistency: 1"),
         Option("batch_size", "samples", _positive_int, default=16),
         Option("seed", "random seed", _integer, default=0),
         Option("eta", "DDIM eta in [0, 1]", _unit_interval, default=0.0),
         Option("compute_dtype", "UNet and scheduler precision", default="float32", choices=("float32", "float16")),
         Option("output", "PNG path", default="samples.png"),
-        Option("save_npy", "also save the samples as fields (B, C, H, W) in model space, unclipped, ready for evaluate"),
+        Option("save_npy",
+               "also save the samples as fields (B, C, H, W) in model space, unclipped, ready for evaluate"),
         Option("scale", "PNG upscaling factor", _positive_int, default=4),
     )),
     Command("train", "train a UNet2DModel on fields or images", cmd_train, _common() + (
-        Option("data", "a .npy/.npz of (B, C, H, W) fields, an image folder, or synthetic:grf / synthetic:darcy", default="synthetic:grf"),
+        Option("data", "a .npy/.npz of (B, C, H, W) fields, an image folder, or synthetic:grf / synthetic:darcy",
+               default="synthetic:grf"),
         Option("output", "checkpoint folder (diffusers layout)", default="checkpoints"),
         Option("model_config", "UNet config.json", shown_default="a small 3-level UNet"),
         Option("resolution", "field size for synthetic data", _positive_int, default=32),
@@ -425,7 +434,8 @@ COMMANDS: Tuple[Command, ...] = (
         Option("steps", "optimizer steps", _positive_int, default=1000),
         Option("batch_size", "batch size", _positive_int, default=32),
         Option("learning_rate", "learning rate", _number, default=2e-4),
-        Option("prediction_type", "regression target", default="epsilon", choices=("epsilon", "sample", "v_prediction")),
+        Option("prediction_type", "regression target", default="epsilon",
+               choices=("epsilon", "sample", "v_prediction")),
         Option("loss", "loss", default="mse", choices=("mse", "l1")),
         Option("weighting", "loss weighting", default="none", choices=("none", "p2", "min_snr")),
         Option("ema_decay", "EMA decay", _number, default=0.999),
@@ -433,7 +443,8 @@ COMMANDS: Tuple[Command, ...] = (
         Option("resume", "continue from the checkpoint in --output", _boolean, default=False),
         Option("seed", "random seed", _integer, default=0),
     )),
-    Command("evaluate", "compare generated fields with reference fields (power spectrum, histogram)", cmd_evaluate, _common() + (
+    Command("evaluate", "compare generated fields with reference fields (power spectrum, histogram)",
+            cmd_evaluate, _common() + (
         Option("generated", ".npy/.npz or image folder of generated fields", required=True),
         Option("reference", ".npy/.npz or image folder of reference fields", required=True),
         Option("output", "write the metrics as JSON here"),

@@ -36,7 +36,10 @@ RUNTIME_ARGUMENTS = ("compute_dtype",)
 #: options that describe the trained model's noise process, not the sampler: they always travel with a
 #: config, defaults or not (this package's DDIM defaults to a cosine schedule where diffusers' other
 #: schedulers default to a linear one, and a silent switch would sample with the wrong schedule)
-MODEL_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr", "prediction_type")
+MODEL_KEYS = (
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
+    "prediction_type",
+)
 
 #: every ConfigMixin class by name, to recognise the options of the class that wrote a config
 _CONFIG_CLASSES: Dict[str, type] = {}
@@ -101,7 +104,8 @@ def register_to_config(init):
         for key in RUNTIME_ARGUMENTS:
             values.pop(key, None)
         defaults = [k for k in values if k not in passed and k not in MODEL_KEYS]
-        object.__setattr__(self, "_internal_config", FrozenConfig({k: _json_value(v) for k, v in values.items()}, used_defaults=defaults))
+        config = FrozenConfig({k: _json_value(v) for k, v in values.items()}, used_defaults=defaults)
+        object.__setattr__(self, "_internal_config", config)
         if extra:
             logger.warning("%s ignores unknown config keys %s", type(self).__name__, sorted(extra))
         init(self, *args, **kwargs)
@@ -151,7 +155,8 @@ class ConfigMixin:
         changed = {key: value for key, value in changes.items() if self.config.get(key) != value}
         if changed:
             data = {**self.config, **{k: _json_value(v) for k, v in changed.items()}}
-            object.__setattr__(self, "_internal_config", FrozenConfig(data, used_defaults=self.config.used_defaults - set(changed)))
+            config = FrozenConfig(data, used_defaults=self.config.used_defaults - set(changed))
+            object.__setattr__(self, "_internal_config", config)
 
     def _config_with_metadata(self) -> Dict[str, Any]:
         data = dict(self.config)

@@ -14,7 +14,8 @@ import os
 import numpy as np
 
 _VIRIDIS = np.array(
-    [[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142], [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37]],
+    [[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142], [31, 158, 137], [53, 183, 121],
+     [109, 205, 89], [180, 222, 44], [253, 231, 37]],
     np.float64,
 )
 
@@ -41,7 +42,8 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> 
     grid = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, 3), 255, np.uint8)
     for k in range(batch):
         r, c = divmod(k, columns)
-        grid[pad + r * (height + pad): pad + r * (height + pad) + height, pad + c * (width + pad): pad + c * (width + pad) + width] = tiles[k]
+        grid[pad + r * (height + pad): pad + r * (height + pad) + height,
+             pad + c * (width + pad): pad + c * (width + pad) + width] = tiles[k]
     return grid
 
 

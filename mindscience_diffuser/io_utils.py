@@ -7,8 +7,8 @@ the temporary is removed and the previous target, if any, is left as it was.
 The temporary is created the way ``open(path, "w")`` / ``os.mkdir(path)`` create a new target,
 so the result carries the user's umask (``tempfile.mkstemp`` / ``mkdtemp`` would leave it
 readable by the owner only); a file that replaces an existing one keeps that file's permission
-bits, as writing it in place would, whatever mode the writer itself left on the temporary. An ``OSError`` names the path the caller gave, never the
-temporary.
+bits, as writing it in place would, whatever mode the writer itself left on the temporary. An
+``OSError`` names the path the caller gave, never the temporary.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Small helpers shared across schedulers, models and pipelines."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import mindspore as ms
 import numpy as np

@@ -176,8 +176,10 @@ def golden_tests(
         return test_graph_mode_matches_diffusers_and_pynative
 
     return GoldenTests(
-        each_step=None if forced is None else replay_test("test_each_step_matches_diffusers", forced, STEP_TOL, forced=True),
-        full_loop=None if loops is None else replay_test("test_full_loop_matches_diffusers", loops, LOOP_TOL, forced=False),
+        each_step=(None if forced is None
+                   else replay_test("test_each_step_matches_diffusers", forced, STEP_TOL, forced=True)),
+        full_loop=(None if loops is None
+                   else replay_test("test_full_loop_matches_diffusers", loops, LOOP_TOL, forced=False)),
         float16=None if half is None else replay_test(
             "test_float16_loop_is_finite_and_close", half, HALF_TOL, forced=False, compute_dtype=ms.float16
         ),

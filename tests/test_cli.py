@@ -136,7 +136,8 @@ def test_convert_rejects_a_checkpoint_that_does_not_fit(model_dir, tmp_path, cap
 
 
 def test_module_entry_point_help():
-    result = subprocess.run([sys.executable, "-m", "mindscience_diffuser", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "mindscience_diffuser", "--help"], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0 and "sample" in result.stdout and "convert" in result.stdout
 
 

@@ -28,7 +28,8 @@ def test_step_and_scaling_compile_under_jit():
         return sched(model_output, sample, index, noise), sched.scale_at(sample, index)
 
     i = 3
-    prev, scaled = compiled(Tensor(rec["model_outputs"][i]), Tensor(rec["samples"][i]), Tensor(i, ms.int32), Tensor(rec["noise"][i, 0]))
+    prev, scaled = compiled(Tensor(rec["model_outputs"][i]), Tensor(rec["samples"][i]), Tensor(i, ms.int32),
+                            Tensor(rec["noise"][i, 0]))
     assert H.rel_err(prev.asnumpy(), rec["samples"][i + 1]) <= H.STEP_TOL
     assert H.rel_err(scaled.asnumpy(), rec["model_inputs"][i]) <= H.STEP_TOL
 
@@ -110,7 +111,8 @@ def test_return_types_and_generator_reproducibility():
     outs = []
     for return_dict in (None, True, False):
         sched = _ready(3)
-        outs.append(sched.step(0.1 * x, x, sched.timesteps[0], generator=np.random.default_rng(5), return_dict=return_dict))
+        outs.append(sched.step(0.1 * x, x, sched.timesteps[0], generator=np.random.default_rng(5),
+                               return_dict=return_dict))
     assert isinstance(outs[0], Tensor)
     assert isinstance(outs[1], msd.CMStochasticIterativeSchedulerOutput)
     assert isinstance(outs[2], tuple) and len(outs[2]) == 1
@@ -124,7 +126,8 @@ def test_timestep_as_tensor_and_begin_index():
     sched.set_begin_index(4)
     for i in range(4, 7):
         t = Tensor(np.full((2,), sched.timesteps[i], np.float32)) if i == 4 else Tensor(sched.timesteps[i], ms.float64)
-        out = sched.step(Tensor(rec["model_outputs"][i]), Tensor(rec["samples"][i]), t, variance_noise=Tensor(rec["noise"][i, 0]))
+        out = sched.step(Tensor(rec["model_outputs"][i]), Tensor(rec["samples"][i]), t,
+                         variance_noise=Tensor(rec["noise"][i, 0]))
         assert H.rel_err(out.asnumpy(), rec["samples"][i + 1]) <= H.STEP_TOL
     assert sched.step_index == 7
 

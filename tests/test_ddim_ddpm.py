@@ -21,7 +21,8 @@ def test_matches_diffusers_step_by_step_and_over_the_loop(family, name):
 # thresholding, eta and rank: each float16 loop costs as much as a float32 one.
 HALF = [
     (f, n) for f, n in GRID
-    if n.endswith("-leading") and f == "ddim" or n.startswith("var-") or n.startswith(("threshold", "eta-", "rank", "zero-snr", "clipped", "custom", "trained"))
+    if n.endswith("-leading") and f == "ddim" or n.startswith("var-")
+    or n.startswith(("threshold", "eta-", "rank", "zero-snr", "clipped", "custom", "trained"))
 ]
 
 
@@ -36,7 +37,9 @@ def test_float16_default_ddim_50_steps_stays_finite():
     assert len(errors) == 50 and max(errors) <= H.HALF_TOL
 
 
-@pytest.mark.parametrize("family,name", [("ddim", "eta-clipped-eps"), ("ddim", "threshold-v"), ("ddpm", "var-learned_range"), ("ddpm", "custom-timesteps")])
+@pytest.mark.parametrize("family,name",
+                         [("ddim", "eta-clipped-eps"), ("ddim", "threshold-v"), ("ddpm", "var-learned_range"),
+                          ("ddpm", "custom-timesteps")])
 def test_graph_mode_matches_diffusers_and_pynative(graph_mode, family, name):
     graph = H.replay(family, name, forced=True)
     assert max(graph) <= H.STEP_TOL

@@ -39,7 +39,8 @@ def test_the_standard_swap_works_both_ways_between_ddpm_and_dpm_solver(tmp_path)
     reference = msd.DDPMScheduler()
     reference.set_timesteps(5)
     t = int(back.timesteps[0])
-    np.testing.assert_array_equal(back.step(0.1 * x, x, t, generator=0).asnumpy(), reference.step(0.1 * x, x, t, generator=0).asnumpy())
+    ours, theirs = back.step(0.1 * x, x, t, generator=0), reference.step(0.1 * x, x, t, generator=0)
+    np.testing.assert_array_equal(ours.asnumpy(), theirs.asnumpy())
     dpm.save_config(tmp_path)
     assert json.loads((tmp_path / "scheduler_config.json").read_text())["variance_type"] == "fixed_small"
 
@@ -86,7 +87,10 @@ def test_return_dict_false_gives_diffusers_tuple(name):
     t = scheduler.timesteps[0]
     if cls_name == "ScoreSdeVeScheduler":
         scheduler.set_sigmas(3)
-        out = scheduler.step_pred(x, x, float(t), generator=0, return_dict=False) if method == "step_pred" else scheduler.step_correct(x, x, generator=0, return_dict=False)
+        if method == "step_pred":
+            out = scheduler.step_pred(x, x, float(t), generator=0, return_dict=False)
+        else:
+            out = scheduler.step_correct(x, x, generator=0, return_dict=False)
     else:
         t = float(t) if cls_name in ("EulerDiscreteScheduler", "CMStochasticIterativeScheduler") else int(t)
         out = scheduler.step(0.1 * x, x, t, generator=0, return_dict=False)
@@ -94,10 +98,13 @@ def test_return_dict_false_gives_diffusers_tuple(name):
     assert all(isinstance(v, Tensor) for v in out)
 
 
-@pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"])
+@pytest.mark.parametrize(
+    "name", ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"]
+)
 def test_an_alpha_bar_that_underflows_is_named_as_such(name):
     """betas 0.01 -> 0.2 over 1000 steps: alpha_cumprod reaches 0 in float32 long before T."""
-    options = dict(beta_start=0.01, beta_end=0.2, beta_schedule="linear", timestep_spacing="trailing")  # trailing reaches t = 999
+    # trailing spacing reaches t = 999
+    options = dict(beta_start=0.01, beta_end=0.2, beta_schedule="linear", timestep_spacing="trailing")
     with pytest.raises(ValueError, match="underflows to 0 in float32 from training timestep") as err:
         getattr(msd, name)(**options).set_timesteps(10)
     assert "rescale_betas_zero_snr" not in str(err.value)

@@ -26,7 +26,9 @@ def test_docs_example_runs(path, index, code, tmp_path, monkeypatch):
         ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-MODULES = [m.name for m in pkgutil.walk_packages(mindscience_diffuser.__path__, "mindscience_diffuser.") if not m.name.endswith("__main__")]
+MODULES = [m.name
+           for m in pkgutil.walk_packages(mindscience_diffuser.__path__, "mindscience_diffuser.")
+           if not m.name.endswith("__main__")]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -38,6 +40,7 @@ def test_docstring_examples(name):
 
 def test_every_public_class_is_documented_with_an_example():
     text = "\n".join(path.read_text(encoding="utf-8") for path in DOCS)
-    public = [n for n in dir(mindscience_diffuser) if n[0].isupper() and isinstance(getattr(mindscience_diffuser, n), type)]
+    public = [n for n in dir(mindscience_diffuser) if n[0].isupper()
+              and isinstance(getattr(mindscience_diffuser, n), type)]
     undocumented = [n for n in public if n not in text]
     assert not undocumented, f"public classes missing from docs/: {undocumented}"

@@ -20,11 +20,14 @@ GRID = H.case_ids(FAMILY)
 # Free-running loops: every option value and every order-logic combination at least once (the
 # teacher-forced test above covers every case; each free loop costs ~1 s on a loaded CPU).
 LOOPS = [
-    "fwd-dpmsolver++-midpoint-o1", "fwd-dpmsolver-heun-o2", "fwd-sde-dpmsolver++-midpoint-o3", "fwd-sde-dpmsolver-heun-o2",
-    "fwd-default-25", "fwd-euler-at-final-sde", "fwd-dpmsolver-sample-o3", "fwd-karras-v-o3", "fwd-exponential", "fwd-beta",
-    "fwd-lu-lambdas-v", "fwd-flow-dynamic-mu", "fwd-cosine-lambda-clip-trailing", "fwd-learned-range", "fwd-learned-dpmsolver",
+    "fwd-dpmsolver++-midpoint-o1", "fwd-dpmsolver-heun-o2", "fwd-sde-dpmsolver++-midpoint-o3",
+    "fwd-sde-dpmsolver-heun-o2",
+    "fwd-default-25", "fwd-euler-at-final-sde", "fwd-dpmsolver-sample-o3", "fwd-karras-v-o3", "fwd-exponential",
+    "fwd-beta", "fwd-lu-lambdas-v", "fwd-flow-dynamic-mu", "fwd-cosine-lambda-clip-trailing", "fwd-learned-range",
+    "fwd-learned-dpmsolver",
     "fwd-leading-offset", "fwd-trained-betas", "fwd-zero-snr-eps", "fwd-custom-timesteps", "fwd-rank3-sde",
-    "inv-dpmsolver++-heun-o3", "inv-default-25", "inv-threshold-dpmsolver", "inv-karras-cosine-dedup", "inv-beta", "inv-flow",
+    "inv-dpmsolver++-heun-o3", "inv-default-25", "inv-threshold-dpmsolver", "inv-karras-cosine-dedup", "inv-beta",
+    "inv-flow",
 ]
 HALF = ["fwd-default-25", "fwd-sde-dpmsolver++-midpoint-o3", "inv-dpmsolver-heun-o3"]
 # The per-step test is this module's own (its tolerance follows the conditioning of inverse ++ steps).
@@ -57,7 +60,8 @@ def test_every_case_is_checked_and_every_option_value_is_in_a_free_loop():
     for key, values in {
         "algorithm_type": ["dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"],
         "solver_type": ["midpoint", "heun"], "solver_order": [1, 2, 3],
-        "prediction_type": ["sample", "v_prediction", "flow_prediction"], "variance_type": ["learned", "learned_range"],
+        "prediction_type": ["sample", "v_prediction", "flow_prediction"],
+        "variance_type": ["learned", "learned_range"],
         "timestep_spacing": ["leading", "trailing"], "final_sigmas_type": ["sigma_min"],
     }.items():
         assert set(values) <= {c.get(key) for c in configs}, key
@@ -86,7 +90,8 @@ class _SamplingLoop(nn.Cell):
         while index < self.num_steps:
             t = ops.gather(self.timesteps, index, 0)
             model_output = 0.5 * ops.tanh(x) + 0.05 * x * ops.cos(0.003 * t)
-            x, _, (index, count, history) = self.scheduler(model_output, x, ops.gather(noise, index, 0), (index, count, history))
+            x, _, (index, count, history) = self.scheduler(model_output, x, ops.gather(noise, index, 0),
+                                                           (index, count, history))
         return x
 
 
@@ -120,7 +125,8 @@ def test_state_is_a_fixed_shape_tensor_tuple_and_construct_is_pure():
 
 
 def test_step_index_begin_index_and_duplicate_timesteps():
-    sched = DPMSolverMultistepScheduler(use_karras_sigmas=True, beta_schedule="squaredcos_cap_v2", final_sigmas_type="sigma_min")
+    sched = DPMSolverMultistepScheduler(use_karras_sigmas=True, beta_schedule="squaredcos_cap_v2",
+                                        final_sigmas_type="sigma_min")
     sched.set_timesteps(20)
     ts = sched.timesteps
     dup = next(t for t in ts.tolist() if (ts == t).sum() > 1)
@@ -144,7 +150,8 @@ def test_step_keeps_its_index_on_the_host_and_never_reads_the_device(monkeypatch
     reads = []
     for method in ("asnumpy", "item", "tolist", "__int__", "__float__", "__bool__", "__index__"):
         original = getattr(Tensor, method)
-        monkeypatch.setattr(Tensor, method, lambda self, *a, _m=method, _f=original, **k: reads.append(_m) or _f(self, *a, **k))
+        monkeypatch.setattr(Tensor, method,
+                            lambda self, *a, _m=method, _f=original, **k: reads.append(_m) or _f(self, *a, **k))
     x = Tensor(rec["samples"][0])
     for i in range(4):
         x = sched.step(Tensor(rec["model_outputs"][i]), x, int(sched.timesteps[i]))
@@ -165,9 +172,9 @@ def test_building_blocks_reproduce_diffusers_steps():
         x, m = Tensor(rec["samples"][i]), Tensor(rec["model_outputs"][i])
         outs.append(sched.convert_model_output(m, x))
         blocks = [
-            lambda: sched.dpm_solver_first_order_update(outs[-1], x),
-            lambda: sched.multistep_dpm_solver_second_order_update(outs, x),
-            lambda: sched.multistep_dpm_solver_third_order_update(outs, x),
+            lambda x=x: sched.dpm_solver_first_order_update(outs[-1], x),
+            lambda x=x: sched.multistep_dpm_solver_second_order_update(outs, x),
+            lambda x=x: sched.multistep_dpm_solver_third_order_update(outs, x),
         ]
         assert H.rel_err(blocks[i]().asnumpy(), rec["samples"][i + 1]) <= H.STEP_TOL
         sched.step(m, x, int(sched.timesteps[i]))  # advance the index
@@ -182,15 +189,18 @@ def test_return_dict_and_add_noise():
     sched, rec = H.build(H.find_case(FAMILY, name)), H.record(FAMILY, name)
     x, m, t = Tensor(rec["samples"][0]), Tensor(rec["model_outputs"][0]), int(sched.timesteps[0])
     out = sched.step(m, x, t, return_dict=True)
-    assert H.rel_err(out.prev_sample.asnumpy(), rec["samples"][1]) <= H.STEP_TOL and out.pred_original_sample.shape == x.shape
-    assert isinstance(sched.step(Tensor(rec["model_outputs"][1]), Tensor(rec["samples"][1]), int(sched.timesteps[1]), return_dict=False), tuple)
+    assert H.rel_err(out.prev_sample.asnumpy(), rec["samples"][1]) <= H.STEP_TOL
+    assert out.pred_original_sample.shape == x.shape
+    m1, x1, t1 = Tensor(rec["model_outputs"][1]), Tensor(rec["samples"][1]), int(sched.timesteps[1])
+    assert isinstance(sched.step(m1, x1, t1, return_dict=False), tuple)
 
 
 # ----------------------------------------------------------------------------- diffusers' published numbers
 # tests/schedulers/test_scheduler_dpm_multi.py and test_scheduler_dpm_multi_inverse.py: a (4, 3, 8, 8)
 # arange sample, the model sample·t/(t+1), 10 steps, |x|.mean() compared at 1e-3.
-BASE = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", solver_order=2, prediction_type="epsilon",
-            thresholding=False, sample_max_value=1.0, algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=False)
+BASE = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", solver_order=2,
+            prediction_type="epsilon", thresholding=False, sample_max_value=1.0, algorithm_type="dpmsolver++",
+            solver_type="midpoint", lower_order_final=False)
 
 
 def _deter(flip=False):
@@ -213,16 +223,22 @@ def _published_loop(cls, timesteps=None, sample=None, **config):
 # 0.7177, 0.0985, 232.34/0.3025, 0.2092, 0.1554), so both are pinned here.
 PUBLISHED = [
     ("fwd-default", DPMSolverMultistepScheduler, {"final_sigmas_type": "sigma_min"}, 0.3301),
-    ("fwd-thres", DPMSolverMultistepScheduler, {"final_sigmas_type": "sigma_min", "thresholding": True, "dynamic_thresholding_ratio": 0.87, "sample_max_value": 0.5}, 1.1364),
-    ("fwd-v", DPMSolverMultistepScheduler, {"final_sigmas_type": "sigma_min", "prediction_type": "v_prediction"}, 0.2251),
-    ("fwd-karras-v", DPMSolverMultistepScheduler, {"prediction_type": "v_prediction", "use_karras_sigmas": True}, 0.2096),
+    ("fwd-thres", DPMSolverMultistepScheduler,
+     {"final_sigmas_type": "sigma_min", "thresholding": True, "dynamic_thresholding_ratio": 0.87,
+      "sample_max_value": 0.5}, 1.1364),
+    ("fwd-v", DPMSolverMultistepScheduler, {"final_sigmas_type": "sigma_min", "prediction_type": "v_prediction"},
+     0.2251),
+    ("fwd-karras-v", DPMSolverMultistepScheduler, {"prediction_type": "v_prediction", "use_karras_sigmas": True},
+     0.2096),
     ("fwd-lu-v", DPMSolverMultistepScheduler, {"prediction_type": "v_prediction", "use_lu_lambdas": True}, 0.1554),
     ("fwd-default-zero-0.42.1", DPMSolverMultistepScheduler, {}, 0.24090),
     ("inv-default", DPMSolverMultistepInverseScheduler, {}, 0.7047),
-    ("inv-thres", DPMSolverMultistepInverseScheduler, {"thresholding": True, "dynamic_thresholding_ratio": 0.87, "sample_max_value": 0.5}, 19.8933),
+    ("inv-thres", DPMSolverMultistepInverseScheduler,
+     {"thresholding": True, "dynamic_thresholding_ratio": 0.87, "sample_max_value": 0.5}, 19.8933),
     ("inv-v", DPMSolverMultistepInverseScheduler, {"prediction_type": "v_prediction"}, 1.5194),
     # Published 1.7833; diffusers 0.42.1 itself gives 1.78162 (1.7e-3 off, outside diffusers' own 1e-3).
-    ("inv-karras-v-0.42.1", DPMSolverMultistepInverseScheduler, {"prediction_type": "v_prediction", "use_karras_sigmas": True}, 1.78162),
+    ("inv-karras-v-0.42.1", DPMSolverMultistepInverseScheduler,
+     {"prediction_type": "v_prediction", "use_karras_sigmas": True}, 1.78162),
 ]
 
 
@@ -244,7 +260,8 @@ def test_diffusers_published_full_loop_with_noise():
 
 # ----------------------------------------------------------------------------- inversion round trip
 
-def round_trip_error(steps: int, solver_order: int = 2, algorithm_type: str = "dpmsolver++", shape=(2, 3, 8, 8)) -> float:
+def round_trip_error(steps: int, solver_order: int = 2, algorithm_type: str = "dpmsolver++",
+                     shape=(2, 3, 8, 8)) -> float:
     """Invert x0 to a latent with the inverse scheduler, denoise it with the forward one (same
     knots: forward ends at σ_min, where inversion starts), return max|x0' - x0| / max|x0|."""
     x0 = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 0.5
@@ -279,7 +296,8 @@ def test_round_trip_error_shrinks_with_steps():
     ({"beta_schedule": "sigmoid"}, "beta_schedule must be one of"),
     ({"use_karras_sigmas": True, "use_beta_sigmas": True}, "only one of"),
     ({"use_karras_sigmas": True, "use_flow_sigmas": True}, "use_flow_sigmas cannot be combined"),
-    ({"algorithm_type": "dpmsolver", "prediction_type": "flow_prediction", "final_sigmas_type": "sigma_min"}, "flow_prediction"),
+    ({"algorithm_type": "dpmsolver", "prediction_type": "flow_prediction", "final_sigmas_type": "sigma_min"},
+     "flow_prediction"),
 ])
 def test_bad_options_raise(cls, config, match):
     if cls is DPMSolverMultistepInverseScheduler:
@@ -334,7 +352,9 @@ def test_bad_calls_raise():
 
 def test_diffusers_configs_load(tmp_path):
     # DEIS / UniPC configs name algorithm/solver types DPM-Solver maps, as diffusers does.
-    sched = DPMSolverMultistepScheduler.from_config({"algorithm_type": "deis", "solver_type": "bh2", "disable_corrector": [], "_class_name": "UniPCMultistepScheduler"})
+    sched = DPMSolverMultistepScheduler.from_config({"algorithm_type": "deis", "solver_type": "bh2",
+                                                     "disable_corrector": [],
+                                                     "_class_name": "UniPCMultistepScheduler"})
     assert sched.config.algorithm_type == "dpmsolver++" and sched.config.solver_type == "midpoint"
     sched.save_config(tmp_path)
     saved = json.loads((tmp_path / "scheduler_config.json").read_text())
@@ -351,7 +371,8 @@ if __name__ == "__main__":
             forced = {n: max(H.replay(FAMILY, n, forced=True)) for n in names}
             loops = {n: max(H.replay(FAMILY, n, forced=False)) for n in names}
             worst_f, worst_l = max(forced, key=forced.get), max(loops, key=loops.get)
-            print(f"{prefix} {len(names)} cases: per step {forced[worst_f]:.2e} ({worst_f}), loop {loops[worst_l]:.2e} ({worst_l})")
+            print(f"{prefix} {len(names)} cases: per step {forced[worst_f]:.2e} ({worst_f}), loop "
+                  f"{loops[worst_l]:.2e} ({worst_l})")
     else:
         print("steps  max|x0' - x0|/max|x0|   (dpmsolver++, order 1 / 2 / 3)")
         for n in (5, 10, 20, 50, 100):

@@ -15,11 +15,13 @@ GRID = [c["name"] for c in H.cases(FAMILY) if "recorder" not in c]
 _LATIN = [f"{b}-{p}-{s}" for i, b in enumerate(("linear", "scaled_linear", "squaredcos_cap_v2"))
           for j, p in enumerate(("epsilon", "sample", "v_prediction"))
           for s in [("linspace", "leading", "trailing")[(i + j) % 3]]]
-LOOPS = _LATIN + [n for n in GRID if n.count("-") < 2 or not n.startswith(("linear-", "scaled_linear-", "squaredcos_cap_v2-"))]
+LOOPS = _LATIN + [n for n in GRID if n.count("-") < 2
+                  or not n.startswith(("linear-", "scaled_linear-", "squaredcos_cap_v2-"))]
 FORCED = [n for n in GRID if n != "default-50"]  # the 50-step loop runs free-running (and in float16)
 HALF = [
     "linear-epsilon-linspace", "scaled_linear-v_prediction-leading", "squaredcos_cap_v2-sample-trailing", "karras",
-    "log-linear-v-karras", "exponential", "beta", "continuous-v", "zero-snr-v-trailing", "churn-window", "rank5-v", "default-50",
+    "log-linear-v-karras", "exponential", "beta", "continuous-v", "zero-snr-v-trailing", "churn-window", "rank5-v",
+    "default-50",
 ]
 
 GOLDEN = H.golden_tests(FAMILY, forced=FORCED, loops=LOOPS, half=HALF, graph=["churn-karras-v", "final-sigma-min"])
@@ -41,13 +43,15 @@ def test_step_and_scaling_compile_under_jit():
         prev, _ = sched(model_output, sample, index, noise, gamma, 1.003)
         return prev, sched.scale_at(sample, index)
 
-    prev, scaled = compiled(Tensor(rec["model_outputs"][i]), Tensor(rec["samples"][i]), Tensor(i, ms.int32), Tensor(rec["noise"][i, 0]), Tensor(gamma, ms.float32))
+    prev, scaled = compiled(Tensor(rec["model_outputs"][i]), Tensor(rec["samples"][i]), Tensor(i, ms.int32),
+                            Tensor(rec["noise"][i, 0]), Tensor(gamma, ms.float32))
     assert H.rel_err(prev.asnumpy(), rec["samples"][i + 1]) <= H.STEP_TOL
     assert H.rel_err(scaled.asnumpy(), rec["model_inputs"][i]) <= H.STEP_TOL
 
 
 def test_schedule_tables_match_diffusers_including_init_noise_sigma():
-    for name in ("linear-epsilon-leading", "log-linear", "continuous-v-karras", "custom-sigmas", "zero-snr-v-trailing"):
+    for name in ("linear-epsilon-leading", "log-linear", "continuous-v-karras", "custom-sigmas",
+                 "zero-snr-v-trailing"):
         case, rec = H.find_case(FAMILY, name), H.record(FAMILY, name)
         sched = H.build(case)
         np.testing.assert_allclose(sched.timesteps, rec["timesteps"], rtol=1e-6, atol=1e-5)
@@ -116,7 +120,8 @@ def test_generator_draws_only_when_churning():
     for seed in (1, 1, 2):
         sched = EulerDiscreteScheduler()
         sched.set_timesteps(5)
-        churned.append(sched.step(0.1 * x, x, sched.timesteps[0], s_churn=1.0, generator=np.random.default_rng(seed)).asnumpy())
+        churned.append(sched.step(0.1 * x, x, sched.timesteps[0], s_churn=1.0,
+                                  generator=np.random.default_rng(seed)).asnumpy())
     np.testing.assert_array_equal(churned[0], churned[1])
     assert not np.array_equal(churned[0], churned[2])
 
@@ -139,7 +144,8 @@ def test_step_index_first_and_second_match_and_begin_index():
 def test_add_noise_and_config_round_trip(tmp_path):
     sched = EulerDiscreteScheduler(use_karras_sigmas=True, final_sigmas_type="sigma_min")
     sched.set_timesteps(6)
-    noisy = sched.add_noise(Tensor(np.zeros((2, 3), np.float32)), Tensor(np.ones((2, 3), np.float32)), Tensor(sched.timesteps[[1, 3]]))
+    noisy = sched.add_noise(Tensor(np.zeros((2, 3), np.float32)), Tensor(np.ones((2, 3), np.float32)),
+                            Tensor(sched.timesteps[[1, 3]]))
     np.testing.assert_allclose(noisy.asnumpy()[:, 0], sched.sigmas[[1, 3]], rtol=1e-6)
     sched.save_config(tmp_path)
     again = EulerDiscreteScheduler.from_pretrained(tmp_path)
@@ -175,7 +181,8 @@ def test_bad_calls_raise_clear_errors():
     with pytest.raises(ValueError, match="use_karras_sigmas"):
         sched.set_timesteps(timesteps=[900.0, 100.0])
     with pytest.raises(ValueError, match="continuous"):
-        EulerDiscreteScheduler(timestep_type="continuous", prediction_type="v_prediction").set_timesteps(timesteps=[900.0, 10.0])
+        EulerDiscreteScheduler(timestep_type="continuous",
+                               prediction_type="v_prediction").set_timesteps(timesteps=[900.0, 10.0])
     with pytest.raises(ValueError, match="exactly one"):
         sched.set_timesteps(5, sigmas=[3.0, 0.0])
     with pytest.raises(ValueError, match="exactly one"):

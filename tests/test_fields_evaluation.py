@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mindscience_diffuser import DEFAULT_MODEL_PATH as DEFAULT_MODEL
 from mindscience_diffuser.training import (
     SyntheticFieldDataset,
     darcy_permeability,
@@ -17,8 +18,6 @@ from mindscience_diffuser.training import (
     wasserstein1,
 )
 from mindscience_diffuser.training.fields import power_law_spectrum, wavenumber_grid
-
-from mindscience_diffuser import DEFAULT_MODEL_PATH as DEFAULT_MODEL
 
 
 def test_grf_has_the_prescribed_spectrum_and_std():
@@ -132,7 +131,8 @@ def test_default_model_files():
 
     index = json.loads((DEFAULT_MODEL / "model_index.json").read_text())
     assert index["_class_name"] == "DPMSolverPipeline"
-    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
+    assert index["unet"] == ["diffusers", "UNet2DModel"]
+    assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
     weights = DEFAULT_MODEL / "unet" / "diffusion_pytorch_model.safetensors"
     assert weights.stat().st_size <= 10 * 2 ** 20
     pipe = DiffusionPipeline.from_pretrained(DEFAULT_MODEL)
@@ -140,7 +140,8 @@ def test_default_model_files():
     config = pipe.scheduler.config
     assert config.prediction_type == "v_prediction" and config.beta_schedule == "squaredcos_cap_v2"
     assert config.use_lu_lambdas and config.solver_order == 2 and config.algorithm_type == "dpmsolver++"
-    recorded = json.loads((Path(__file__).resolve().parents[1] / "docs" / "workflow_default_model_metrics.json").read_text())
+    metrics_file = Path(__file__).resolve().parents[1] / "docs" / "workflow_default_model_metrics.json"
+    recorded = json.loads(metrics_file.read_text())
     assert recorded["sampler"] == "DPMSolverMultistepScheduler" and recorded["num_generated"] == 512
     assert recorded["spectrum_rel_error"] <= 0.10
 

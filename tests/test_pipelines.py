@@ -47,7 +47,8 @@ class AnalyticModel(nn.Cell):
 
     def __init__(self, sample_size=4, channels=3, num_class_embeds=None):
         super().__init__()
-        self.config = FrozenConfig(sample_size=sample_size, in_channels=channels, out_channels=channels, num_class_embeds=num_class_embeds)
+        self.config = FrozenConfig(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                                   num_class_embeds=num_class_embeds)
 
     def construct(self, x, t, class_labels=None):
         t = t.astype(ms.float32).reshape(-1, 1, 1, 1)
@@ -63,9 +64,11 @@ class GaussianDenoiser(nn.Cell):
 
     def __init__(self, alphas_cumprod, s=0.5, sample_size=8, channels=1):
         super().__init__()
-        self.abar = Parameter(Tensor(np.asarray(alphas_cumprod, np.float32)), name="gaussian_abar", requires_grad=False)
+        self.abar = Parameter(Tensor(np.asarray(alphas_cumprod, np.float32)), name="gaussian_abar",
+                              requires_grad=False)
         self.s2 = s * s
-        self.config = FrozenConfig(sample_size=sample_size, in_channels=channels, out_channels=channels, num_class_embeds=None)
+        self.config = FrozenConfig(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                                   num_class_embeds=None)
 
     def construct(self, x, t):
         a = ops.gather(self.abar, t.astype(ms.int32), 0).reshape(-1, 1, 1, 1)
@@ -101,7 +104,8 @@ def test_golden_folder_is_small_and_in_diffusers_layout():
 def test_diffusers_saved_pipelines_reproduce_diffusers_images(graph_mode):
     """Same seed (diffusers' noise taped from the same numpy stream) and same latents: max abs
     error in [0, 1] well inside the 1e-3 target (measured 4.5e-5 DDIM, 1.2e-6 DDPM)."""
-    pipes = {"ddim": quiet(DDIMPipeline.from_pretrained(GOLDEN / "ddim")), "ddpm": quiet(DiffusionPipeline.from_pretrained(GOLDEN / "ddpm"))}
+    pipes = {"ddim": quiet(DDIMPipeline.from_pretrained(GOLDEN / "ddim")),
+             "ddpm": quiet(DiffusionPipeline.from_pretrained(GOLDEN / "ddpm"))}
     assert isinstance(pipes["ddpm"], DDPMPipeline)
     for run, spec in RUNS.items():
         ref = IO[f"{run}__images"]
@@ -120,13 +124,18 @@ def test_our_save_pretrained_matches_diffusers_files_and_diffusers_runs_it(tmp_p
     pipe = DiffusionPipeline.from_pretrained(GOLDEN / "ddim")
     pipe.save_pretrained(tmp_path)
     ref_dir = GOLDEN / "ddim"
-    assert json.loads((tmp_path / "model_index.json").read_text()) == json.loads((ref_dir / "model_index.json").read_text())
+    index_file = "model_index.json"
+    assert json.loads((tmp_path / index_file).read_text()) == json.loads((ref_dir / index_file).read_text())
     ours = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
     theirs = json.loads((ref_dir / "scheduler" / "scheduler_config.json").read_text())
-    assert {k: v for k, v in ours.items() if not k.startswith("_")} == {k: v for k, v in theirs.items() if not k.startswith("_")}
+    def public(config):
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    assert public(ours) == public(theirs)
     from safetensors.numpy import load_file
 
-    a, b = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"), load_file(ref_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    weights = Path("unet") / "diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / weights), load_file(ref_dir / weights)
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
     # tools/gen_pipeline_golden.py loaded our save_pretrained output in diffusers and ran it.
     assert max(json.loads((GOLDEN / "roundtrip.json").read_text()).values()) < 1e-5
@@ -138,7 +147,8 @@ def test_components_and_from_pretrained_overrides(tmp_path):
     assert set(pipe.components) == {"unet", "scheduler"} and isinstance(pipe.unet, UNet2DModel)
     other = DDPMPipeline(**pipe.components)
     assert other.unet is pipe.unet and other.config["scheduler"] == ["diffusers", "DDIMScheduler"]
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DDIMPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DDIMPipeline",
+                                                           "unet": ["diffusers", "UNet2DConditionModel"]}))
     with pytest.raises(ValueError, match="UNet2DConditionModel"):
         DiffusionPipeline.from_pretrained(tmp_path)
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
@@ -150,7 +160,8 @@ def test_components_and_from_pretrained_overrides(tmp_path):
 
 # ----------------------------------------------------------------------------- the loop against step()
 
-def manual_loop(model, scheduler, shape, seed, steps, stochastic=True, scale=False, sde=False, labels=None, **schedule):
+def manual_loop(model, scheduler, shape, seed, steps, stochastic=True, scale=False, sde=False, labels=None,
+                **schedule):
     """The diffusers-style Python loop over ``scheduler.step``, drawing from the generator in the
     order the pipelines do: latents, (labels,) then one noise per model call."""
     rng = np.random.default_rng(seed)
@@ -199,14 +210,16 @@ def test_unconditional_loop_matches_scheduler_step(case):
 def test_ddim_eta_and_clipped_output_match_scheduler_step():
     model = AnalyticModel()
     pipe = quiet(DDIMPipeline(model, DDIMScheduler(clip_sample=True)))
-    out = pipe(batch_size=2, generator=4, num_inference_steps=4, eta=0.7, use_clipped_model_output=True, output_type="np").images
+    out = pipe(batch_size=2, generator=4, num_inference_steps=4, eta=0.7, use_clipped_model_output=True,
+               output_type="np").images
     sched = DDIMScheduler(clip_sample=True)
     rng = np.random.default_rng(4)
     sched.set_timesteps(4)
     x = Tensor(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
     for t in sched.timesteps:
         out_t = model(x, Tensor(np.full(2, t, np.int32)))
-        x = sched.step(out_t, x, int(t), eta=0.7, use_clipped_model_output=True, variance_noise=Tensor(rng.standard_normal((2, 3, 4, 4)).astype(np.float32)))
+        x = sched.step(out_t, x, int(t), eta=0.7, use_clipped_model_output=True,
+                       variance_noise=Tensor(rng.standard_normal((2, 3, 4, 4)).astype(np.float32)))
     np.testing.assert_allclose(out, images_of(x.asnumpy()), atol=1e-5)
 
 
@@ -229,14 +242,16 @@ def test_euler_churn_through_the_loop():
     np.testing.assert_allclose(out.asnumpy(), x.asnumpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("schedule", [dict(num_inference_steps=1), dict(timesteps=[22, 0]), dict(num_inference_steps=3)])
+@pytest.mark.parametrize("schedule",
+                         [dict(num_inference_steps=1), dict(timesteps=[22, 0]), dict(num_inference_steps=3)])
 def test_consistency_pipeline_one_and_multistep_with_class_labels(schedule):
     model = AnalyticModel(num_class_embeds=10)
     pipe = quiet(ConsistencyModelPipeline(model, CMStochasticIterativeScheduler()))
     out = pipe(batch_size=2, generator=5, output_type="np", **schedule).images
     steps = schedule.get("num_inference_steps")
-    ref = manual_loop(model, CMStochasticIterativeScheduler(), (2, 3, 4, 4), 5, steps, stochastic=(steps or 2) > 1, scale=True,
-                      labels="draw", **({"timesteps": schedule["timesteps"]} if "timesteps" in schedule else {}))
+    custom = {"timesteps": schedule["timesteps"]} if "timesteps" in schedule else {}
+    ref = manual_loop(model, CMStochasticIterativeScheduler(), (2, 3, 4, 4), 5, steps, stochastic=(steps or 2) > 1,
+                      scale=True, labels="draw", **custom)
     np.testing.assert_allclose(out, images_of(ref), atol=1e-5)
     given = pipe(batch_size=2, class_labels=[1, 7], generator=5, output_type="np", **schedule).images
     assert given.shape == (2, 4, 4, 3)
@@ -288,13 +303,18 @@ def test_pynative_graph_and_jit_give_the_same_images():
 
 
 ONE_LOOP_CASES = {
-    "ddim-eta-clipped": (lambda: DDIMPipeline(AnalyticModel(), DDIMScheduler()), dict(eta=0.6, use_clipped_model_output=True)),
+    "ddim-eta-clipped": (lambda: DDIMPipeline(AnalyticModel(), DDIMScheduler()),
+                         dict(eta=0.6, use_clipped_model_output=True)),
     "ddpm": (lambda: DDPMPipeline(AnalyticModel(), DDPMScheduler(num_train_timesteps=100)), {}),
-    "dpm-sde-o2": (lambda: DPMSolverPipeline(AnalyticModel(), DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")), {}),
-    "dpm-o3": (lambda: DPMSolverPipeline(AnalyticModel(), DPMSolverMultistepScheduler(solver_order=3, lower_order_final=False)), {}),
+    "dpm-sde-o2": (lambda: DPMSolverPipeline(AnalyticModel(),
+                                             DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")), {}),
+    "dpm-o3": (lambda: DPMSolverPipeline(AnalyticModel(),
+                                         DPMSolverMultistepScheduler(solver_order=3, lower_order_final=False)), {}),
     "euler-karras": (lambda: DDPMPipeline(AnalyticModel(), EulerDiscreteScheduler(use_karras_sigmas=True)), {}),
-    "consistency": (lambda: ConsistencyModelPipeline(AnalyticModel(num_class_embeds=4), CMStochasticIterativeScheduler()), dict(class_labels=[1, 3])),
-    "sde-ve-pc": (lambda: ScoreSdeVePipeline(AnalyticModel(), ScoreSdeVeScheduler(sigma_max=50.0, correct_steps=1)), {}),
+    "consistency": (lambda: ConsistencyModelPipeline(AnalyticModel(num_class_embeds=4),
+                                                     CMStochasticIterativeScheduler()), dict(class_labels=[1, 3])),
+    "sde-ve-pc": (lambda: ScoreSdeVePipeline(AnalyticModel(), ScoreSdeVeScheduler(sigma_max=50.0, correct_steps=1)),
+                  {}),
 }
 
 
@@ -334,7 +354,8 @@ def test_progress_bar_in_pynative_and_its_switch(capsys):
 
 def round_trip_error(pipe, images, steps):
     latents = pipe.invert(images, num_inference_steps=steps)
-    return float(np.abs(pipe(batch_size=images.shape[0], latents=latents, num_inference_steps=steps, output_type="np").images - images).max())
+    return float(np.abs(pipe(batch_size=images.shape[0], latents=latents, num_inference_steps=steps,
+                             output_type="np").images - images).max())
 
 
 def test_dpm_solver_inversion_reconstructs_and_the_error_shrinks_with_steps(graph_mode):

@@ -227,7 +227,8 @@ def test_bad_set_timesteps(name, kwargs, error, match):
         ((X, X, 901), {"eta": "0.5"}, TypeError, "eta"),
         ((X, X, 1000), {}, ValueError, "timestep"),
         ((X, X, Tensor(np.array([1, 2, 3]))), {}, ValueError, "shape"),
-        ((X, X, 901), {"eta": 1.0, "generator": 1, "variance_noise": X}, ValueError, "either generator or variance_noise"),
+        ((X, X, 901), {"eta": 1.0, "generator": 1, "variance_noise": X}, ValueError,
+         "either generator or variance_noise"),
         ((X, X, 901), {"eta": 1.0, "variance_noise": X[:1]}, ValueError, "variance_noise shape"),
         ((X, X, 901), {"eta": 1.0, "generator": "seed"}, TypeError, "generator"),
         ((Tensor(np.ones((2,), np.float32)), Tensor(np.ones((2,), np.float32)), 901), {}, ValueError, "rank 2 to 5"),
@@ -262,5 +263,7 @@ def test_every_diffusers_option_exists_with_its_default(name):
     missing = [k for k in DIFFUSERS_OPTIONS[name] if k not in params]
     assert not missing, f"{name} lacks diffusers options {missing}"
     assert "compute_dtype" in params
-    differ = {k: (v, repr(params[k].default)) for k, v in DIFFUSERS_OPTIONS[name].items() if SEED_DEFAULTS.get((name, k), v) != repr(params[k].default)}
+    differ = {k: (v, repr(params[k].default))
+              for k, v in DIFFUSERS_OPTIONS[name].items()
+              if SEED_DEFAULTS.get((name, k), v) != repr(params[k].default)}
     assert not differ, f"{name} defaults differ from diffusers: {differ}"

@@ -58,8 +58,8 @@ def test_check_positive_wrong_value_is_a_value_error(value, kind, allowed):
 def test_every_former_copy_uses_the_one_policy():
     """Pipelines, UNet config, field generators and trainer options: a float where an int belongs
     is a TypeError (that is also a ValueError), a zero is a ValueError."""
-    from mindscience_diffuser.models import UNet2DModel
     from mindscience_diffuser import DDIMScheduler
+    from mindscience_diffuser.models import UNet2DModel
     from mindscience_diffuser.training import TrainerConfig, gaussian_random_field
 
     calls = [
@@ -118,7 +118,8 @@ def test_saved_configs_and_weights_carry_the_umask(tmp_path, umask):
     from mindscience_diffuser import DDIMPipeline, DDIMScheduler, UNet2DModel
 
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,), layers_per_block=1,
-                       down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=4)
+                       down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None,
+                       norm_num_groups=4)
     out = DDIMPipeline(unet, DDIMScheduler()).save_pretrained(tmp_path / "pipe")
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
@@ -188,7 +189,8 @@ def test_pipeline_and_trainer_write_the_same_model_index(tmp_path):
     from mindscience_diffuser.training import DiffusionTrainer
 
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,), layers_per_block=1,
-                       down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=4)
+                       down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None,
+                       norm_num_groups=4)
     scheduler = DDIMScheduler(num_train_timesteps=100)
     pipe = DDIMPipeline(unet, scheduler)
     by_pipeline = json.loads((pipe.save_pretrained(tmp_path / "a") / "model_index.json").read_text())

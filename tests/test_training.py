@@ -1,7 +1,6 @@
 """DiffusionTrainer: loss targets and weights against a numpy re-derivation, the compiled step,
 checkpoints (layout, atomicity, bit-exact resume), export, datasets and bad input."""
 import json
-import os
 
 import mindspore as ms
 import numpy as np
@@ -93,9 +92,11 @@ def test_snr_weights_zero_terminal_snr_is_finite():
 # ---- compiled step, checkpoints, resume -----------------------------------------------------
 
 def make_trainer(output_dir=None, **kwargs):
-    opts = dict(batch_size=4, learning_rate=1e-3, weighting="min_snr", ema_decay=0.9, output_dir=output_dir, checkpoint_every=2)
+    opts = dict(batch_size=4, learning_rate=1e-3, weighting="min_snr", ema_decay=0.9, output_dir=output_dir,
+                checkpoint_every=2)
     opts.update(kwargs)
-    return DiffusionTrainer(tiny_unet(), DDIMScheduler(num_train_timesteps=100, prediction_type="v_prediction"), **opts)
+    return DiffusionTrainer(tiny_unet(), DDIMScheduler(num_train_timesteps=100, prediction_type="v_prediction"),
+                            **opts)
 
 
 def params(cell):
@@ -149,8 +150,8 @@ def test_resume_after_interruption_is_bit_exact(tmp_path, fields):
     # Shipping another sampler for the same noise schedule: the folder names it and loads it.
     from mindscience_diffuser import DiffusionPipeline, DPMSolverMultistepScheduler
 
-    sampler = DPMSolverMultistepScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-                                          use_lu_lambdas=True)
+    sampler = DPMSolverMultistepScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2",
+                                          prediction_type="v_prediction", use_lu_lambdas=True)
     out = straight.save_pretrained(tmp_path / "dpm", pipeline_class="DPMSolverPipeline", scheduler=sampler)
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe).__name__ == "DPMSolverPipeline" and pipe.scheduler.config.use_lu_lambdas
@@ -167,8 +168,10 @@ from mindscience_diffuser.training import DiffusionTrainer
 
 ms.set_seed(0)
 unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,), layers_per_block=1,
-                   down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=4)
-trainer = DiffusionTrainer(unet, DDPMScheduler(num_train_timesteps=100), batch_size=2, output_dir=sys.argv[1], checkpoint_every=1000)
+                   down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None,
+                   norm_num_groups=4)
+trainer = DiffusionTrainer(unet, DDPMScheduler(num_train_timesteps=100), batch_size=2, output_dir=sys.argv[1],
+                           checkpoint_every=1000)
 
 def interrupt_at_step_3(trainer, loss):
     print("finished step", trainer.step, flush=True)
@@ -189,7 +192,8 @@ def test_a_signal_stops_after_the_step_in_flight_and_checkpoints_it(tmp_path, si
 
     script = tmp_path / "train.py"
     script.write_text(SIGNAL_SCRIPT)
-    run = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), signal_name], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), signal_name], capture_output=True,
+                         text=True, timeout=300)
     steps = [int(line.split()[-1]) for line in run.stdout.splitlines() if line.startswith("finished step")]
     assert run.returncode != 0 and steps == [1, 2, 3], (run.returncode, run.stdout, run.stderr[-2000:])
     checkpoint = latest_checkpoint(tmp_path / "run")
@@ -250,7 +254,8 @@ def test_warmup_stable_decay_holds_then_decays_over_the_last_steps():
 
 def test_trainer_follows_its_schedule_and_stops_at_its_end(fields):
     trainer = DiffusionTrainer(HalfModel(), DDPMScheduler(num_train_timesteps=100), batch_size=4, weighting=None,
-                               ema_decay=None, learning_rate=1e-2, lr_schedule="linear", num_training_steps=4, lr_decay_steps=2)
+                               ema_decay=None, learning_rate=1e-2, lr_schedule="linear", num_training_steps=4,
+                               lr_decay_steps=2)
     seen = []
     trainer.train(fields, 4, callback=lambda t, loss: seen.append(float(t.optimizer.learning_rate.asnumpy())))
     np.testing.assert_allclose(seen, [1e-2, 1e-2, 1e-2, 5e-3], rtol=1e-6)
@@ -262,7 +267,8 @@ def test_trainer_follows_its_schedule_and_stops_at_its_end(fields):
     (dict(loss="huber"), "loss must be one of"),
     (dict(lr_schedule="step"), "lr_schedule must be one of"),
     (dict(lr_schedule="cosine"), "needs num_training_steps"),
-    (dict(lr_schedule="cosine", num_training_steps=10, warmup_steps=4, lr_decay_steps=7), "at most num_training_steps - warmup_steps = 6"),
+    (dict(lr_schedule="cosine", num_training_steps=10, warmup_steps=4, lr_decay_steps=7),
+     "at most num_training_steps - warmup_steps = 6"),
     (dict(lr_decay_steps=5), "lr_decay_steps needs lr_schedule"),
     (dict(lr_schedule="linear", num_training_steps=0), "num_training_steps"),
     (dict(weighting="snr"), "weighting must be one of"),
@@ -288,8 +294,8 @@ def test_options_are_one_frozen_validated_config(tmp_path, fields):
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert keywords == {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
 
-    trainer = DiffusionTrainer(tiny_unet(), DDPMScheduler(num_train_timesteps=100), batch_size=np.int64(4), ema_decay=None,
-                               learning_rate=1, output_dir=str(tmp_path / "run"), seed=7)
+    trainer = DiffusionTrainer(tiny_unet(), DDPMScheduler(num_train_timesteps=100), batch_size=np.int64(4),
+                               ema_decay=None, learning_rate=1, output_dir=str(tmp_path / "run"), seed=7)
     config = trainer.config
     assert isinstance(config, TrainerConfig)
     assert (config.batch_size, config.learning_rate, config.output_dir) == (4, 1.0, tmp_path / "run")

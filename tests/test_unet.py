@@ -304,7 +304,8 @@ def test_mismatched_weights_list_every_offending_key(tmp_path):
     with pytest.raises(ValueError) as err:
         UNet2DModel.from_pretrained(tmp_path)
     message = str(err.value)
-    for fragment in ("missing keys", "conv_in.bias", "unexpected keys", "extra.weight", "wrong shapes", "conv_out.weight"):
+    for fragment in ("missing keys", "conv_in.bias", "unexpected keys", "extra.weight", "wrong shapes",
+                     "conv_out.weight"):
         assert fragment in message
 
 

@@ -11,7 +11,6 @@ be identical) and checks the weights changed.
 import sys
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
 
 from mindscience_diffuser import DDIMScheduler

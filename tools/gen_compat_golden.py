@@ -21,17 +21,21 @@ OURS = [
 ]
 # Each chain starts from a class built with the given options and moves its config on with from_config.
 CHAINS = {
-    "dpm-inverse-dpm": (["DPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler", "DPMSolverMultistepScheduler"],
-                        dict(final_sigmas_type="sigma_min", lower_order_final=False, solver_order=3, use_lu_lambdas=True)),
+    "dpm-inverse-dpm": (
+        ["DPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler", "DPMSolverMultistepScheduler"],
+        dict(final_sigmas_type="sigma_min", lower_order_final=False, solver_order=3, use_lu_lambdas=True),
+    ),
     "dpm-ddim-dpm": (["DPMSolverMultistepScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler"],
                      dict(final_sigmas_type="sigma_min", algorithm_type="dpmsolver", beta_schedule="scaled_linear")),
     "euler-ddpm-euler": (["EulerDiscreteScheduler", "DDPMScheduler", "EulerDiscreteScheduler"],
-                         dict(use_karras_sigmas=True, interpolation_type="log_linear", prediction_type="v_prediction")),
+                         dict(use_karras_sigmas=True, interpolation_type="log_linear",
+                              prediction_type="v_prediction")),
     "ddpm-dpm-ddpm": (["DDPMScheduler", "DPMSolverMultistepScheduler", "DDPMScheduler"],
                       dict(variance_type="fixed_large", clip_sample=False, beta_schedule="squaredcos_cap_v2")),
     "ddim-euler-dpm": (["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"],
                        # this package's DDIM defaults to the cosine schedule (MindScience's default): name the schedule
-                       dict(set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing", beta_schedule="linear")),
+                       dict(set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing",
+                            beta_schedule="linear")),
 }
 
 
@@ -47,7 +51,8 @@ def step_tuple_lengths() -> dict:
         if name == "ScoreSdeVeScheduler":
             sched.set_timesteps(3)
             sched.set_sigmas(3)
-            lengths["ScoreSdeVeScheduler.step_pred"] = len(sched.step_pred(x, sched.timesteps[0], x, return_dict=False))
+            predicted = sched.step_pred(x, sched.timesteps[0], x, return_dict=False)
+            lengths["ScoreSdeVeScheduler.step_pred"] = len(predicted)
             lengths["ScoreSdeVeScheduler.step_correct"] = len(sched.step_correct(x, x, return_dict=False))
             continue
         sched.set_timesteps(3)
@@ -64,7 +69,9 @@ def main() -> None:
         for name in names[1:]:
             sched = getattr(diffusers, name).from_config(sched.config)
         chains[key] = {"classes": names, "options": options, "config": public(sched.config)}
-    compatibles = {name: sorted(c.__name__ for c in getattr(diffusers, name)().compatibles if c.__name__ in OURS) for name in OURS}
+    compatibles = {
+        name: sorted(c.__name__ for c in getattr(diffusers, name)().compatibles if c.__name__ in OURS) for name in OURS
+    }
     data = {"diffusers_version": diffusers.__version__, "chains": chains, "compatibles": compatibles,
             "step_tuple_lengths": step_tuple_lengths()}
     OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

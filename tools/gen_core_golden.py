@@ -24,8 +24,11 @@ import mindscience_diffuser as msd
 ROOT = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
 CONFIGS = {
-    "DDIMScheduler": {"beta_schedule": "scaled_linear", "prediction_type": "v_prediction", "timestep_spacing": "trailing", "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False},
-    "DDPMScheduler": {"variance_type": "learned_range", "beta_schedule": "squaredcos_cap_v2", "thresholding": True, "sample_max_value": 2.5, "num_train_timesteps": 500},
+    "DDIMScheduler": {"beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
+                      "timestep_spacing": "trailing", "set_alpha_to_one": False, "steps_offset": 1,
+                      "clip_sample": False},
+    "DDPMScheduler": {"variance_type": "learned_range", "beta_schedule": "squaredcos_cap_v2", "thresholding": True,
+                      "sample_max_value": 2.5, "num_train_timesteps": 500},
 }
 
 
@@ -51,8 +54,10 @@ def core_arrays():
     arrays["x0"], arrays["noise"], arrays["t"] = x0, noise, t
     for name, schedule in (("DDIMScheduler", "squaredcos_cap_v2"), ("DDPMScheduler", "linear")):
         sched = getattr(diffusers, name)(beta_schedule=schedule)
-        arrays[f"{name}/add_noise"] = sched.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), torch.from_numpy(t)).numpy()
-        arrays[f"{name}/get_velocity"] = sched.get_velocity(torch.from_numpy(x0), torch.from_numpy(noise), torch.from_numpy(t)).numpy()
+        arrays[f"{name}/add_noise"] = sched.add_noise(torch.from_numpy(x0), torch.from_numpy(noise),
+                                                      torch.from_numpy(t)).numpy()
+        arrays[f"{name}/get_velocity"] = sched.get_velocity(torch.from_numpy(x0), torch.from_numpy(noise),
+                                                            torch.from_numpy(t)).numpy()
     for name in ("DDIMScheduler", "DDPMScheduler"):
         for spacing in ("leading", "linspace", "trailing"):
             for n in (1, 7, 50, 333, 1000):
@@ -81,7 +86,8 @@ def write_option_lists():
     options = {}
     for name in SCHEDULERS + ["UNet2DModel"]:
         params = inspect.signature(getattr(diffusers, name).__init__).parameters
-        options[name] = {k: (repr(p.default) if p.default is not inspect.Parameter.empty else None) for k, p in params.items() if k not in ("self", "kwargs")}
+        options[name] = {k: (repr(p.default) if p.default is not inspect.Parameter.empty else None)
+                         for k, p in params.items() if k not in ("self", "kwargs")}
     (ROOT / "diffusers_options.json").write_text(json.dumps(options, indent=1, sort_keys=True) + "\n")
 
 

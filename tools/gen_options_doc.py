@@ -13,12 +13,17 @@ import mindscience_diffuser as msd
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = {
-    ("DDIMScheduler", "beta_schedule"): "default `squaredcos_cap_v2` (MindScience signature); diffusers defaults to `linear`",
-    ("DDIMScheduler", "rescale_betas_zero_snr"): "epsilon prediction at ᾱ = 0 is rejected (`ValueError`) instead of dividing by zero",
+    ("DDIMScheduler", "beta_schedule"):
+        "default `squaredcos_cap_v2` (MindScience signature); diffusers defaults to `linear`",
+    ("DDIMScheduler", "rescale_betas_zero_snr"):
+        "epsilon prediction at ᾱ = 0 is rejected (`ValueError`) instead of dividing by zero",
     ("DDPMScheduler", "variance_type"): "`fixed_large_log` uses the variance β_t; diffusers 0.42.1 returns NaN there",
     ("DDPMScheduler", "rescale_betas_zero_snr"): "epsilon prediction at ᾱ = 0 is rejected (`ValueError`)",
     ("DPMSolverMultistepScheduler", "rescale_betas_zero_snr"): "ᾱ_T = 2⁻²⁴ as in diffusers",
-    ("DPMSolverMultistepInverseScheduler", "algorithm_type"): "the SDE variants are rejected with a `ValueError`: run backwards their noise scale is the sqrt of a negative number",
+    ("DPMSolverMultistepInverseScheduler", "algorithm_type"): (
+        "the SDE variants are rejected with a `ValueError`: run backwards their noise scale is the sqrt of a "
+        "negative number"
+    ),
     ("ScoreSdeVeScheduler", "sigma_max"): "σ² terms computed in float32, so float16 stays finite at 1348",
 }
 
@@ -42,7 +47,8 @@ def main() -> None:
             lines.append(f"| `{option}` | `{default}` | {ok} | {NOTES.get((name, option), '')} |")
         extra = [k for k in params if k not in options[name] and k not in ("self", "kwargs")]
         if extra:
-            lines.append(f"| {', '.join(f'`{k}`' for k in extra)} | — | added | MindSpore computation dtype (float32/float16) |")
+            lines.append(f"| {', '.join(f'`{k}`' for k in extra)} | — | added | MindSpore computation dtype "
+                         "(float32/float16) |")
         lines.append("")
     (ROOT / "docs" / "scheduler_options.md").write_text("\n".join(lines))
 

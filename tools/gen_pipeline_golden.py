@@ -45,18 +45,22 @@ UNET_FIELD = dict(UNET_RGB, sample_size=[8, 16], in_channels=1, out_channels=1)
 PIPELINES = {
     "ddim": dict(
         pipeline="DDIMPipeline", unet=UNET_RGB, weight_seed=11,
-        scheduler=("DDIMScheduler", dict(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, set_alpha_to_one=True)),
+        scheduler=("DDIMScheduler",
+                   dict(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, set_alpha_to_one=True)),
     ),
     "ddpm": dict(
         pipeline="DDPMPipeline", unet=UNET_FIELD, weight_seed=12,
-        scheduler=("DDPMScheduler", dict(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_small", clip_sample=True)),
+        scheduler=("DDPMScheduler",
+                   dict(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_small",
+                        clip_sample=True)),
     ),
 }
 
 # name -> (pipeline folder, __call__ kwargs, seed)
 RUNS = {
     "ddim_eta0_b2_s10": ("ddim", dict(batch_size=2, num_inference_steps=10, eta=0.0), 5),
-    "ddim_eta05_clipped_b1_s8": ("ddim", dict(batch_size=1, num_inference_steps=8, eta=0.5, use_clipped_model_output=True), 6),
+    "ddim_eta05_clipped_b1_s8": ("ddim",
+                                 dict(batch_size=1, num_inference_steps=8, eta=0.5, use_clipped_model_output=True), 6),
     "ddpm_b2_s12": ("ddpm", dict(batch_size=2, num_inference_steps=12), 7),
 }
 
@@ -108,7 +112,8 @@ def build_pipeline(name: str, spec: dict):
     import torch
 
     unet = diffusers.UNet2DModel(**spec["unet"]).eval()
-    weights = _unet_generator().seeded_weights({k: v.shape for k, v in unet.state_dict().items()}, seed=spec["weight_seed"])
+    weights = _unet_generator().seeded_weights({k: v.shape for k, v in unet.state_dict().items()},
+                                               seed=spec["weight_seed"])
     unet.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
     sched_name, sched_kwargs = spec["scheduler"]
     scheduler = getattr(diffusers, sched_name)(**sched_kwargs)
@@ -172,9 +177,11 @@ def main() -> None:
         io[f"{run}__images"] = images
         io[f"{run}__latents"] = latents
         inside = float(np.mean((images > 0.01) & (images < 0.99)))
-        print(f"{run}: images {images.shape}, range [{images.min():.3f}, {images.max():.3f}], {inside:.0%} of pixels unsaturated")
+        print(f"{run}: images {images.shape}, range [{images.min():.3f}, {images.max():.3f}], {inside:.0%} of pixels "
+              "unsaturated")
     np.savez_compressed(GOLDEN / "io.npz", **io)
-    (GOLDEN / "runs.json").write_text(json.dumps({k: {"pipeline": f, "kwargs": kw, "seed": s} for k, (f, kw, s) in RUNS.items()}, indent=2, sort_keys=True) + "\n")
+    (GOLDEN / "runs.json").write_text(json.dumps({k: {"pipeline": f, "kwargs": kw, "seed": s}
+                                                  for k, (f, kw, s) in RUNS.items()}, indent=2, sort_keys=True) + "\n")
     if not args.no_roundtrip:
         errors = {}
         for folder in PIPELINES:

@@ -16,13 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import diffusers  # noqa: E402
 import torch  # noqa: E402
-
 from golden_harness import write_cases  # noqa: E402
 
 
 def main(argv):
     if diffusers.__version__ != "0.42.1" or not torch.__version__.startswith("2.13.0"):
-        raise SystemExit(f"golden values come from diffusers 0.42.1 / torch 2.13.0, found {diffusers.__version__} / {torch.__version__}")
+        raise SystemExit(f"golden values come from diffusers 0.42.1 / torch 2.13.0, found {diffusers.__version__} / "
+                         f"{torch.__version__}")
     torch.set_num_threads(1)
     import golden_cases
 
@@ -32,7 +32,8 @@ def main(argv):
             continue
         cases = module.cases()
         path = write_cases(module.FAMILY, cases)
-        print(f"{module.FAMILY}: {len(cases)} cases -> {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+        print(f"{module.FAMILY}: {len(cases)} cases -> "
+              f"{path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
 
 
 if __name__ == "__main__":

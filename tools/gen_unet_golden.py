@@ -2,8 +2,8 @@
 
 For every case below: build diffusers' ``UNet2DModel`` from the config, overwrite every
 parameter with seeded random values (:func:`seeded_weights`: numpy only, so the tests can
-regenerate them without torch: this module imports torch only inside functions), save the model with diffusers' ``save_pretrained``
-(``config.json`` + ``diffusion_pytorch_model.safetensors``) under
+regenerate them without torch: this module imports torch only inside functions), save the model with
+diffusers' ``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model.safetensors``) under
 ``tests/golden/unet/<case>/`` and store the inputs and diffusers' output in ``io.npz``.
 
 Cases flagged ``store_weights=False`` (the full-width DDPM-CIFAR10 model, 143 MB of weights)
@@ -271,7 +271,8 @@ def roundtrip_through_ours(name: str, case: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="case names to (re)generate")
-    parser.add_argument("--no-roundtrip", action="store_true", help="skip loading our save_pretrained output in diffusers")
+    parser.add_argument("--no-roundtrip", action="store_true",
+                        help="skip loading our save_pretrained output in diffusers")
     args = parser.parse_args()
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -287,7 +288,8 @@ def main() -> None:
     print(f"tests/golden/unet: {total / 1024 / 1024:.2f} MiB")
     if not args.no_roundtrip:
         for name in names:
-            print(f"diffusers loads our save_pretrained of {name}: max|diff|/max|ref| = {roundtrip_through_ours(name, CASES[name]):.2e}")
+            print(f"diffusers loads our save_pretrained of {name}: max|diff|/max|ref| = "
+                  f"{roundtrip_through_ours(name, CASES[name]):.2e}")
 
 
 if __name__ == "__main__":

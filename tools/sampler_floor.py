@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT))
 
 import train_default_model as recipe  # noqa: E402
+
 from mindscience_diffuser import DDIMScheduler, DPMSolverMultistepScheduler  # noqa: E402
 from mindscience_diffuser.training import evaluate  # noqa: E402
 from mindscience_diffuser.training.fields import power_law_spectrum, wavenumber_grid  # noqa: E402
@@ -34,8 +35,10 @@ SAMPLERS = {
     "DDIM (eta 0)": lambda: DDIMScheduler(**SCHEDULE, clip_sample=False),
     "DPM-Solver++(2M)": lambda: DPMSolverMultistepScheduler(**SCHEDULE),
     "DPM-Solver++(2M), Karras σ": lambda: DPMSolverMultistepScheduler(**SCHEDULE, use_karras_sigmas=True),
-    "DPM-Solver++(2M), uniform log-SNR (shipped)": lambda: DPMSolverMultistepScheduler(**SCHEDULE, use_lu_lambdas=True),
-    "DPM-Solver++(3M), uniform log-SNR": lambda: DPMSolverMultistepScheduler(**SCHEDULE, use_lu_lambdas=True, solver_order=3),
+    "DPM-Solver++(2M), uniform log-SNR "
+    "(shipped)": lambda: DPMSolverMultistepScheduler(**SCHEDULE, use_lu_lambdas=True),
+    "DPM-Solver++(3M), uniform "
+    "log-SNR": lambda: DPMSolverMultistepScheduler(**SCHEDULE, use_lu_lambdas=True, solver_order=3),
 }
 
 
@@ -60,7 +63,8 @@ def sample_with_exact_denoiser(scheduler, steps: int, num_samples: int, seed: in
     for t in np.asarray(scheduler.timesteps):
         # The timestep is what a trained model is told, so the denoiser assumes ᾱ at that t.
         x0 = posterior_mean(x, alphas_cumprod[int(round(float(t)))], signal)
-        x = scheduler.step(ms.Tensor(x0, ms.float32), ms.Tensor(x, ms.float32), ms.Tensor(t)).asnumpy().astype(np.float64)
+        x = scheduler.step(ms.Tensor(x0, ms.float32), ms.Tensor(x, ms.float32),
+                           ms.Tensor(t)).asnumpy().astype(np.float64)
     return x
 
 
@@ -73,9 +77,11 @@ def main() -> None:
     print("| sampler (exact denoiser) | " + " | ".join(f"{n} steps" for n in args.steps) + " |")
     print("| --- |" + " ---: |" * len(args.steps))
     for name, build in SAMPLERS.items():
-        errors = [evaluate(sample_with_exact_denoiser(build(), n, args.samples), reference)["spectrum_rel_error"] for n in args.steps]
+        errors = [evaluate(sample_with_exact_denoiser(build(), n, args.samples), reference)["spectrum_rel_error"]
+                  for n in args.steps]
         print(f"| {name} | " + " | ".join(f"{100 * e:.1f}%" for e in errors) + " |", flush=True)
-    true_pair = evaluate(recipe.SyntheticFieldDataset(num_samples=args.samples, seed=5, **recipe.FIELDS).data, reference)
+    true_pair = evaluate(recipe.SyntheticFieldDataset(num_samples=args.samples, seed=5, **recipe.FIELDS).data,
+                         reference)
     print(f"\ntwo independent sets of true fields: {100 * true_pair['spectrum_rel_error']:.1f}%")
 
 

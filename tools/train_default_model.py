@@ -44,7 +44,8 @@ NUM_TRAIN, TRAIN_SEED = 4096, 0
 NUM_HELDOUT, HELDOUT_SEED = 512, 1
 TRUE_SET_SEED = 2  # another set of true fields, for the floor of each figure
 # The noise schedule the model is trained for ...
-SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
+SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                 clip_sample=False)
 # ... and the sampler it ships with: DPM-Solver++(2M) with steps uniform in log-SNR. Deterministic
 # DDIM with 20-25 steps loses a third of the small-scale power even with the exact (Wiener)
 # denoiser of these fields: tools/sampler_floor.py measures each sampler's floor that way.
@@ -70,7 +71,8 @@ def build_trainer(run_dir: Path) -> DiffusionTrainer:
     ms.set_seed(INIT_SEED)
     unet = UNet2DModel(**small_unet_config(in_channels=1, sample_size=FIELDS["size"]))
     scheduler = DDIMScheduler(**SCHEDULER)
-    return DiffusionTrainer(unet, scheduler, output_dir=run_dir, checkpoint_every=CHECKPOINT_EVERY, keep_checkpoints=3, **TRAINER)
+    return DiffusionTrainer(unet, scheduler, output_dir=run_dir, checkpoint_every=CHECKPOINT_EVERY, keep_checkpoints=3,
+                            **TRAINER)
 
 
 def cmd_train(args) -> None:
@@ -106,7 +108,8 @@ def cmd_evaluate(args) -> None:
     # Warm-up call: compiles the sampling loop once, so the timing below is sampling only.
     generate_samples(unet, scheduler, args.batch, num_inference_steps=args.steps, seed=123, batch_size=args.batch)
     begun = time.time()
-    generated = generate_samples(unet, scheduler, args.samples, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch)
+    generated = generate_samples(unet, scheduler, args.samples, num_inference_steps=args.steps, seed=args.seed,
+                                 batch_size=args.batch)
     seconds = time.time() - begun
     # Wall time of one 16-field batch (after its own compile): the "sample in seconds" figure.
     generate_samples(unet, scheduler, 16, num_inference_steps=args.steps, seed=7, batch_size=16)
@@ -118,8 +121,11 @@ def cmd_evaluate(args) -> None:
     true_fields = SyntheticFieldDataset(num_samples=args.samples, seed=TRUE_SET_SEED, **FIELDS).data
     floor = evaluate(true_fields, heldout_fields())
     figures = {k: v for k, v in result.items() if not isinstance(v, list)}
-    figures.update({f"true_set_{k}": round(v, 5) for k, v in floor.items() if k in ("spectrum_rel_error", "spectrum_max_rel_error", "wasserstein1", "histogram_l1")})
-    figures.update(sampler=type(scheduler).__name__, num_generated=args.samples, num_inference_steps=args.steps, sampling_seconds=round(seconds, 2),
+    figures.update({f"true_set_{k}": round(v, 5)
+                    for k, v in floor.items()
+                    if k in ("spectrum_rel_error", "spectrum_max_rel_error", "wasserstein1", "histogram_l1")})
+    figures.update(sampler=type(scheduler).__name__, num_generated=args.samples, num_inference_steps=args.steps,
+                   sampling_seconds=round(seconds, 2),
                    seconds_per_batch=round(seconds / -(-args.samples // args.batch), 2), batch_size=args.batch,
                    seconds_for_16_fields=round(seconds_16, 2))
     print(json.dumps(figures, indent=2), flush=True)

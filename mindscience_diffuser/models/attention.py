@@ -35,7 +35,8 @@ class SpatialSelfAttention(nn.Cell):
         super().__init__()
         if not isinstance(dim_head, int) or dim_head < 1 or channels // dim_head < 1:
             raise ValueError(
-                f"attention_head_dim must be a positive int no larger than the block's channel count {channels}, got {dim_head!r}"
+                f"attention_head_dim must be a positive int no larger than the block's channel count {channels}, got "
+                f"{dim_head!r}"
             )
         self.heads = channels // dim_head
         self.dim_head = dim_head

@@ -119,7 +119,8 @@ class DownBlock(nn.Cell):
                 g, g_out = groups, groups
             resnets.append(ResnetBlock2D(c_in, out_channels, groups=g, groups_out=g_out, **common))
             if attention:
-                attentions.append(_block_attention(out_channels, attention_head_dim, skip_style, groups, eps, scale, dtype))
+                attentions.append(_block_attention(out_channels, attention_head_dim, skip_style, groups, eps, scale,
+                                                   dtype))
         self.resnets = nn.CellList(resnets)
         self.has_attention = attention
         if attention:
@@ -128,7 +129,8 @@ class DownBlock(nn.Cell):
         self.downsample = downsample
         if downsample == "conv":
             self.downsamplers = nn.CellList(
-                [Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=downsample_padding, dtype=dtype)]
+                [Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=downsample_padding,
+                              dtype=dtype)]
             )
         elif downsample == "resnet":
             self.downsamplers = nn.CellList(
@@ -235,13 +237,16 @@ class UpBlock(nn.Cell):
         self.upsample = upsample
         self.receives_skip = bool(receives_skip)
         if upsample == "conv":
-            self.upsamplers = nn.CellList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels, dtype=dtype)])
+            self.upsamplers = nn.CellList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels,
+                                                      dtype=dtype)])
         elif upsample == "resnet":
-            self.upsamplers = nn.CellList([ResnetBlock2D(out_channels, out_channels, groups=groups, up=True, **common)])
+            self.upsamplers = nn.CellList([ResnetBlock2D(out_channels, out_channels, groups=groups, up=True,
+                                                         **common)])
         elif upsample == "fir_skip":
             q = quarter_groups(out_channels)
             self.resnet_up = ResnetBlock2D(
-                out_channels, out_channels, groups=q, groups_out=q, use_in_shortcut=True, up=True, kernel="fir", **common
+                out_channels, out_channels, groups=q, groups_out=q, use_in_shortcut=True, up=True, kernel="fir",
+                **common
             )
             self.skip_conv = Conv2d(out_channels, skip_channels, 3, padding=1, dtype=dtype)
             self.skip_norm = GroupNorm(q, out_channels, eps, dtype=dtype, name="skip_norm")
@@ -252,7 +257,8 @@ class UpBlock(nn.Cell):
             self.fir_up = FirUpsample2D(dtype=dtype)
         self.skip_style = skip_style
 
-    def construct(self, hidden: Tensor, res_states: tuple, temb: Optional[Tensor] = None, skip_sample: Optional[Tensor] = None):
+    def construct(self, hidden: Tensor, res_states: tuple, temb: Optional[Tensor] = None,
+                  skip_sample: Optional[Tensor] = None):
         n = len(self.resnets)
         for i in range(n):
             hidden = ops.cat((hidden, res_states[n - 1 - i]), axis=1)
@@ -305,7 +311,8 @@ class UNetMidBlock2D(nn.Cell):
         if attn_groups is None:
             attn_groups = resnet_groups if time_scale_shift == "default" else None
         common = _resnet_options(temb_channels, eps, dropout, act_fn, time_scale_shift, output_scale_factor, dtype)
-        self.resnets = nn.CellList([ResnetBlock2D(in_channels, in_channels, groups=resnet_groups, **common) for _ in range(2)])
+        self.resnets = nn.CellList([ResnetBlock2D(in_channels, in_channels, groups=resnet_groups, **common)
+                                    for _ in range(2)])
         self.add_attention = bool(add_attention)
         if self.add_attention:
             self.attentions = nn.CellList(
@@ -346,16 +353,18 @@ def _level_kwargs(kw):
 class DownBlock2D(DownBlock):
     """Resnets, then a strided-conv downsampler (``add_downsample``)."""
 
-    def __init__(self, in_channels, out_channels, temb_channels, num_layers=1, add_downsample=True, downsample_padding=1, **kw):
-        super().__init__(in_channels, out_channels, temb_channels, num_layers, downsample="conv" if add_downsample else None,
+    def __init__(self, in_channels, out_channels, temb_channels, num_layers=1, add_downsample=True,
+                 downsample_padding=1, **kw):
+        super().__init__(in_channels, out_channels, temb_channels, num_layers,
+                         downsample="conv" if add_downsample else None,
                          downsample_padding=downsample_padding, **_level_kwargs(kw))
 
 
 class AttnDownBlock2D(DownBlock):
     """Resnet → attention pairs, then a "conv" or "resnet" downsampler (``downsample_type``)."""
 
-    def __init__(self, in_channels, out_channels, temb_channels, num_layers=1, add_downsample=True, downsample_padding=1,
-                 attention_head_dim=None, downsample_type="conv", **kw):
+    def __init__(self, in_channels, out_channels, temb_channels, num_layers=1, add_downsample=True,
+                 downsample_padding=1, attention_head_dim=None, downsample_type="conv", **kw):
         super().__init__(in_channels, out_channels, temb_channels, num_layers, attention=True,
                          attention_head_dim=attention_head_dim,
                          downsample=(downsample_type or "conv") if add_downsample else None,
@@ -366,22 +375,23 @@ class ResnetDownsampleBlock2D(DownBlock):
     """Resnets, then a residual block with average-pool downsampling."""
 
     def __init__(self, in_channels, out_channels, temb_channels, num_layers=1, add_downsample=True, **kw):
-        super().__init__(in_channels, out_channels, temb_channels, num_layers, downsample="resnet" if add_downsample else None,
-                         **_level_kwargs(kw))
+        super().__init__(in_channels, out_channels, temb_channels, num_layers,
+                         downsample="resnet" if add_downsample else None, **_level_kwargs(kw))
 
 
 class SkipDownBlock2D(DownBlock):
     """NCSN++ resnets, then the FIR residual downsampler and the image skip path."""
 
     def __init__(self, in_channels, out_channels, temb_channels, num_layers=1, add_downsample=True, **kw):
-        super().__init__(in_channels, out_channels, temb_channels, num_layers, downsample="fir_skip" if add_downsample else None,
-                         skip_style=True, **_level_kwargs(kw))
+        super().__init__(in_channels, out_channels, temb_channels, num_layers,
+                         downsample="fir_skip" if add_downsample else None, skip_style=True, **_level_kwargs(kw))
 
 
 class AttnSkipDownBlock2D(DownBlock):
     """NCSN++ resnet → attention pairs, then the FIR residual downsampler and the image skip path."""
 
-    def __init__(self, in_channels, out_channels, temb_channels, num_layers=1, add_downsample=True, attention_head_dim=None, **kw):
+    def __init__(self, in_channels, out_channels, temb_channels, num_layers=1, add_downsample=True,
+                 attention_head_dim=None, **kw):
         super().__init__(in_channels, out_channels, temb_channels, num_layers, attention=True,
                          attention_head_dim=attention_head_dim,
                          downsample="fir_skip" if add_downsample else None, skip_style=True, **_level_kwargs(kw))
@@ -396,7 +406,8 @@ class AttnDownEncoderBlock2D(DownBlock):
 
     def __init__(self, in_channels, out_channels, num_layers=1, add_downsample=True, downsample_padding=1,
                  attention_head_dim=None, **kw):
-        super().__init__(in_channels, out_channels, None, num_layers, attention=True, attention_head_dim=attention_head_dim,
+        super().__init__(in_channels, out_channels, None, num_layers, attention=True,
+                         attention_head_dim=attention_head_dim,
                          downsample="conv" if add_downsample else None, downsample_padding=downsample_padding,
                          **_level_kwargs(kw))
 
@@ -407,7 +418,8 @@ class AttnDownEncoderBlock2D(DownBlock):
 class UpBlock2D(UpBlock):
     """Concat-resnets, then nearest ×2 + conv (``add_upsample``)."""
 
-    def __init__(self, in_channels, prev_output_channel, out_channels, temb_channels, num_layers=1, add_upsample=True, **kw):
+    def __init__(self, in_channels, prev_output_channel, out_channels, temb_channels, num_layers=1, add_upsample=True,
+                 **kw):
         super().__init__(in_channels, prev_output_channel, out_channels, temb_channels, num_layers,
                          upsample="conv" if add_upsample else None, **_level_kwargs(kw))
 
@@ -425,7 +437,8 @@ class AttnUpBlock2D(UpBlock):
 class ResnetUpsampleBlock2D(UpBlock):
     """Concat-resnets, then a residual block with nearest ×2 upsampling."""
 
-    def __init__(self, in_channels, prev_output_channel, out_channels, temb_channels, num_layers=1, add_upsample=True, **kw):
+    def __init__(self, in_channels, prev_output_channel, out_channels, temb_channels, num_layers=1, add_upsample=True,
+                 **kw):
         super().__init__(in_channels, prev_output_channel, out_channels, temb_channels, num_layers,
                          upsample="resnet" if add_upsample else None, **_level_kwargs(kw))
 
@@ -450,8 +463,11 @@ class AttnSkipUpBlock2D(UpBlock):
                          skip_style=True, skip_groups_quirk=True, receives_skip=receives_skip, **_level_kwargs(kw))
 
 
-DOWN_BLOCKS = {cls.__name__: cls for cls in (DownBlock2D, AttnDownBlock2D, SkipDownBlock2D, AttnSkipDownBlock2D, ResnetDownsampleBlock2D)}
-UP_BLOCKS = {cls.__name__: cls for cls in (UpBlock2D, AttnUpBlock2D, SkipUpBlock2D, AttnSkipUpBlock2D, ResnetUpsampleBlock2D)}
+DOWN_BLOCKS = {cls.__name__: cls
+               for cls in (DownBlock2D, AttnDownBlock2D, SkipDownBlock2D, AttnSkipDownBlock2D,
+                           ResnetDownsampleBlock2D)}
+UP_BLOCKS = {cls.__name__: cls
+             for cls in (UpBlock2D, AttnUpBlock2D, SkipUpBlock2D, AttnSkipUpBlock2D, ResnetUpsampleBlock2D)}
 
 
 def strip_unetres(block_type):

@@ -56,7 +56,8 @@ class GaussianFourierProjection(nn.Cell):
     def __init__(self, embedding_size: int = 256, scale: float = 1.0, log: bool = True, flip_sin_to_cos: bool = False,
                  dtype=ms.float32):
         super().__init__()
-        self.weight = Parameter(initializer(Normal(sigma=scale), (embedding_size,), dtype), name="weight", requires_grad=False)
+        self.weight = Parameter(initializer(Normal(sigma=scale), (embedding_size,), dtype), name="weight",
+                                requires_grad=False)
         self.log = bool(log)
         self.flip_sin_to_cos = bool(flip_sin_to_cos)
 

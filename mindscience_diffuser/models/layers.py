@@ -58,7 +58,8 @@ class GroupNorm(nn.Cell):
     so statistics are always taken in float32.
     """
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, dtype=ms.float32, name: str = "GroupNorm"):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, dtype=ms.float32,
+                 name: str = "GroupNorm"):
         super().__init__()
         check_groups(name, num_channels, num_groups)
         self.num_groups = num_groups
@@ -71,7 +72,8 @@ class GroupNorm(nn.Cell):
     def construct(self, x: Tensor) -> Tensor:
         if self.upcast:
             y = ops.group_norm(
-                x.astype(ms.float32), self.num_groups, self.weight.astype(ms.float32), self.bias.astype(ms.float32), self.eps
+                x.astype(ms.float32), self.num_groups, self.weight.astype(ms.float32), self.bias.astype(ms.float32),
+                self.eps
             )
             return y.astype(x.dtype)
         return ops.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)

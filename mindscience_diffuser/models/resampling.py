@@ -33,7 +33,8 @@ class Downsample2D(nn.Cell):
     right before the convolution (the DDPM-TF layout); otherwise ``padding`` pads every side.
     """
 
-    def __init__(self, channels: int, use_conv: bool = True, out_channels: int = None, padding: int = 1, dtype=ms.float32):
+    def __init__(self, channels: int, use_conv: bool = True, out_channels: int = None, padding: int = 1,
+                 dtype=ms.float32):
         super().__init__()
         out_channels = out_channels or channels
         self.use_conv = use_conv

@@ -205,11 +205,13 @@ class UNet2DModel(nn.Cell, ConfigMixin):
     @staticmethod
     def _validate(sample_size, down_block_types, up_block_types, block_out_channels, mid_block_type, layers_per_block,
                   time_embedding_type, num_train_timesteps, class_embed_type, num_class_embeds, act_fn,
-                  resnet_time_scale_shift, downsample_type, upsample_type, in_channels, out_channels, downsample_padding):
+                  resnet_time_scale_shift, downsample_type, upsample_type, in_channels, out_channels,
+                  downsample_padding):
         if sample_size is not None:
             ok = isinstance(sample_size, int) and not isinstance(sample_size, bool) and sample_size > 0
             if isinstance(sample_size, (list, tuple)):
-                ok = len(sample_size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sample_size)
+                ok = len(sample_size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                                   for s in sample_size)
             if not ok:
                 raise ValueError(f"sample_size must be None, a positive int or (height, width), got {sample_size!r}")
         if "AttnDownEncoderBlock2D" in down_block_types:
@@ -223,11 +225,13 @@ class UNet2DModel(nn.Cell, ConfigMixin):
             check_choice("up_block_types entries", t, list(UP_BLOCKS))
         if len(down_block_types) != len(up_block_types):
             raise ValueError(
-                f"down_block_types and up_block_types must have the same length, got {len(down_block_types)} and {len(up_block_types)}"
+                f"down_block_types and up_block_types must have the same length, got {len(down_block_types)} and "
+                f"{len(up_block_types)}"
             )
         if len(block_out_channels) != len(down_block_types):
             raise ValueError(
-                f"block_out_channels must have one entry per down block ({len(down_block_types)}), got {len(block_out_channels)}"
+                f"block_out_channels must have one entry per down block ({len(down_block_types)}), got "
+                f"{len(block_out_channels)}"
             )
         if not block_out_channels:
             raise ValueError("block_out_channels must not be empty")
@@ -240,7 +244,8 @@ class UNet2DModel(nn.Cell, ConfigMixin):
         check_choice("mid_block_type", mid_block_type, MID_BLOCK_TYPES)
         check_choice("time_embedding_type", time_embedding_type, TIME_EMBEDDING_TYPES)
         if time_embedding_type == "learned":
-            check_positive("num_train_timesteps (required by time_embedding_type='learned')", num_train_timesteps, integer=True)
+            check_positive("num_train_timesteps (required by time_embedding_type='learned')", num_train_timesteps,
+                           integer=True)
         check_choice("class_embed_type", class_embed_type, CLASS_EMBED_TYPES)
         if num_class_embeds is not None:
             check_positive("num_class_embeds", num_class_embeds, integer=True)
@@ -249,9 +254,11 @@ class UNet2DModel(nn.Cell, ConfigMixin):
         check_choice("downsample_type", downsample_type, RESAMPLE_TYPES)
         check_choice("upsample_type", upsample_type, RESAMPLE_TYPES)
         if any(t in SKIP_BLOCKS for t in down_block_types) and in_channels != 3:
-            raise ValueError(f"Skip down blocks read a 3-channel image skip path, so in_channels must be 3, got {in_channels}")
+            raise ValueError("Skip down blocks read a 3-channel image skip path, so in_channels must be 3, got "
+                             f"{in_channels}")
         if any(t in SKIP_BLOCKS for t in up_block_types) and out_channels != 3:
-            raise ValueError(f"Skip up blocks write a 3-channel image skip path, so out_channels must be 3, got {out_channels}")
+            raise ValueError("Skip up blocks write a 3-channel image skip path, so out_channels must be 3, got "
+                             f"{out_channels}")
 
     # ---- forward ---------------------------------------------------------------------
 
@@ -262,7 +269,8 @@ class UNet2DModel(nn.Cell, ConfigMixin):
             return ops.fill(dtype, (batch,), timestep)
         return ops.broadcast_to(timestep.reshape(-1), (batch,))
 
-    def construct(self, sample: Tensor, timestep, class_labels: Optional[Tensor] = None, return_dict: Optional[bool] = None):
+    def construct(self, sample: Tensor, timestep, class_labels: Optional[Tensor] = None,
+                  return_dict: Optional[bool] = None):
         """``sample`` (B, in_channels, H, W), ``timestep`` scalar / 0-d / (B,) -> (B, out_channels, H, W).
 
         ``return_dict=None``: the Tensor; ``False``: the 1-tuple ``(sample,)``; ``True``:
@@ -285,7 +293,8 @@ class UNet2DModel(nn.Cell, ConfigMixin):
                 class_emb = class_labels
             emb = emb + class_emb.astype(self.compute_dtype)
         elif class_labels is not None:
-            raise ValueError("class_labels given, but this UNet has no class embedding (set num_class_embeds or class_embed_type)")
+            raise ValueError("class_labels given, but this UNet has no class embedding (set num_class_embeds or "
+                             "class_embed_type)")
 
         skip_sample = sample
         sample = self.conv_in(sample)

@@ -52,7 +52,8 @@ def read_weights(directory: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
         return arrays
     hint = ""
     if (directory / "diffusion_pytorch_model.bin").is_file():
-        hint = " (a PyTorch .bin file is present; only safetensors files are read: re-save with safe_serialization=True)"
+        hint = (" (a PyTorch .bin file is present; only safetensors files are read: "
+                "re-save with safe_serialization=True)")
     raise OSError(f"weight file not found: {single}{hint}")
 
 

@@ -53,7 +53,8 @@ class ConsistencyModelPipeline(DiffusionPipeline):
         num_classes = self.unet.config.num_class_embeds
         if num_classes is None:
             if class_labels is not None:
-                raise ValueError("class_labels given, but the UNet is not class-conditional (num_class_embeds is None)")
+                raise ValueError("class_labels given, but the UNet is not class-conditional (num_class_embeds is "
+                                 "None)")
             return None
         if class_labels is None:
             return Tensor(rng.integers(0, num_classes, size=batch_size).astype(np.int32))
@@ -61,7 +62,8 @@ class ConsistencyModelPipeline(DiffusionPipeline):
             class_labels = class_labels.asnumpy()
         if isinstance(class_labels, (int, np.integer)) and not isinstance(class_labels, bool):
             if batch_size != 1:
-                raise ValueError(f"a single int class label needs batch_size 1, got batch_size {batch_size}; pass a list of {batch_size} labels")
+                raise ValueError(f"a single int class label needs batch_size 1, got batch_size {batch_size}; pass a "
+                                 f"list of {batch_size} labels")
             class_labels = [class_labels]
         labels = np.asarray(class_labels)
         if labels.shape != (batch_size,) or not np.issubdtype(labels.dtype, np.integer):

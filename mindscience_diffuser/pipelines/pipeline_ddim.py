@@ -20,8 +20,8 @@ class DDIMPipeline(DiffusionPipeline):
     Example:
         >>> from mindscience_diffuser import DDIMPipeline, DDIMScheduler, UNet2DModel
         >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-        ...                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        ...                    layers_per_block=1, norm_num_groups=4)
+        ...                    down_block_types=("DownBlock2D", "DownBlock2D"),
+        ...                    up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
         >>> pipe = DDIMPipeline(unet, DDIMScheduler())
         >>> pipe.set_progress_bar_config(disable=True)
         >>> pipe(batch_size=2, num_inference_steps=3, generator=0, output_type="np").images.shape

@@ -66,7 +66,8 @@ class DPMSolverPipeline(DiffusionPipeline):
         samples = images_to_samples(images_or_samples)
         expected = self._sample_shape(samples.shape[0], samples)
         if tuple(samples.shape) != expected:
-            raise ValueError(f"images_or_samples must have shape {expected} as samples (B, C, H, W), got {tuple(samples.shape)}")
+            raise ValueError(f"images_or_samples must have shape {expected} as samples (B, C, H, W), got "
+                             f"{tuple(samples.shape)}")
         inverse = self.inverse_scheduler
         loop = self.sampling_loop(inverse)
         timesteps, knobs, _ = loop.schedule(num_inference_steps)
@@ -75,7 +76,8 @@ class DPMSolverPipeline(DiffusionPipeline):
         if ms.get_context("mode") != ms.GRAPH_MODE and not self.use_jit:
             bar = self.progress_bar(total=len(timesteps))
         try:
-            latents, _ = loop.run(samples.astype(inverse.compute_dtype), timesteps, knobs, noise, progress_bar=bar, use_jit=self.use_jit)
+            latents, _ = loop.run(samples.astype(inverse.compute_dtype), timesteps, knobs, noise, progress_bar=bar,
+                                  use_jit=self.use_jit)
         finally:
             if bar is not None:
                 bar.close()
@@ -86,7 +88,8 @@ def convert_inverse(scheduler: DPMSolverMultistepScheduler) -> DPMSolverMultiste
     """The inverse scheduler with ``scheduler``'s config (forward-only keys kept as hidden config)."""
     if scheduler.stochastic:
         raise ValueError(
-            f"invert needs a deterministic solver; the scheduler has algorithm_type={scheduler.config.algorithm_type!r}. "
+            "invert needs a deterministic solver; the scheduler has "
+            f"algorithm_type={scheduler.config.algorithm_type!r}. "
             "Use 'dpmsolver++' or 'dpmsolver'"
         )
     return convert_scheduler(scheduler, DPMSolverMultistepInverseScheduler)

@@ -89,7 +89,8 @@ def images_to_samples(images) -> Tensor:
             arrays.append(a[..., None] if a.ndim == 2 else a)
         images = np.stack(arrays)
     if not isinstance(images, np.ndarray):
-        raise TypeError(f"images must be PIL images, a numpy array (B, H, W, C) in [0, 1] or a Tensor (B, C, H, W), got {type(images).__name__}")
+        raise TypeError("images must be PIL images, a numpy array (B, H, W, C) in [0, 1] or a Tensor (B, C, H, W), "
+                        f"got {type(images).__name__}")
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4:
@@ -102,7 +103,8 @@ def images_to_samples(images) -> Tensor:
 #: the schedulers on a discrete variance-preserving β schedule; any converts into any other with
 #: ``from_config``, and every image pipeline on such a schedule drives all of them
 VP_SCHEDULERS = (VPSchedulerBase, EulerDiscreteScheduler)
-VP_DESCRIPTION = "a scheduler on a discrete beta schedule (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler or another VPSchedulerBase)"
+VP_DESCRIPTION = ("a scheduler on a discrete beta schedule (DDIMScheduler, DDPMScheduler, "
+                  "DPMSolverMultistepScheduler, EulerDiscreteScheduler or another VPSchedulerBase)")
 
 
 def convert_scheduler(scheduler, target: type):
@@ -112,7 +114,8 @@ def convert_scheduler(scheduler, target: type):
         return scheduler
     if not isinstance(scheduler, VP_SCHEDULERS):
         raise TypeError(f"cannot convert a {type(scheduler).__name__} to {target.__name__}; pass {VP_DESCRIPTION}")
-    config = FrozenConfig({**scheduler.config, "_class_name": type(scheduler).__name__}, used_defaults=scheduler.config.used_defaults)
+    config = FrozenConfig({**scheduler.config, "_class_name": type(scheduler).__name__},
+                          used_defaults=scheduler.config.used_defaults)
     return target.from_config(config, compute_dtype=scheduler.compute_dtype)
 
 
@@ -145,7 +148,8 @@ def model_index(pipeline_class: str, components: Mapping[str, Any]) -> Dict[str,
     return data
 
 
-def save_pipeline_folder(save_directory: Union[str, os.PathLike], pipeline_class: str, components: Mapping[str, Any]) -> Path:
+def save_pipeline_folder(save_directory: Union[str, os.PathLike], pipeline_class: str,
+                         components: Mapping[str, Any]) -> Path:
     """Write diffusers' pipeline layout: each component in its subfolder (``save_pretrained``
     where it has one, else ``save_config``: ``unet/`` config + safetensors, ``scheduler/``
     ``scheduler_config.json``), then ``model_index.json`` naming ``pipeline_class``."""
@@ -247,20 +251,23 @@ class DiffusionPipeline:
             name = index.get("_class_name")
             target = _pipeline_classes().get(name)
             if target is None:
-                raise ValueError(f"{directory / cls.config_name} names pipeline {name!r}; mindscience_diffuser provides {sorted(_pipeline_classes())}")
+                raise ValueError(f"{directory / cls.config_name} names pipeline {name!r}; mindscience_diffuser "
+                                 f"provides {sorted(_pipeline_classes())}")
         classes = _component_classes()
         loaded = {}
         for name, entry in index.items():
             if name.startswith("_") or name in components:
                 continue
             if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-                raise OSError(f"{directory / cls.config_name}: component {name!r} must be [library, class name], got {entry!r}")
+                raise OSError(f"{directory / cls.config_name}: component {name!r} must be [library, class name], got "
+                              f"{entry!r}")
             if entry[1] is None:
                 loaded[name] = None
                 continue
             component_cls = classes.get(entry[1])
             if component_cls is None:
-                raise ValueError(f"component {name!r} is a {entry[1]}, which mindscience_diffuser does not provide; known: {sorted(classes)}")
+                raise ValueError(f"component {name!r} is a {entry[1]}, which mindscience_diffuser does not provide; "
+                                 f"known: {sorted(classes)}")
             loaded[name] = component_cls.from_pretrained(directory, subfolder=name, compute_dtype=compute_dtype)
         loaded.update(components)
         return target(**loaded)
@@ -296,7 +303,8 @@ class DiffusionPipeline:
         size = cfg.sample_size
         if size is None:
             if latents is None:
-                raise ValueError("the UNet config has no sample_size: pass latents of shape (batch_size, in_channels, H, W)")
+                raise ValueError("the UNet config has no sample_size: pass latents of shape (batch_size, in_channels, "
+                                 "H, W)")
             hw = tuple(latents.shape[2:])
         else:
             hw = (size, size) if isinstance(size, int) else tuple(size)
@@ -310,7 +318,8 @@ class DiffusionPipeline:
         if not isinstance(latents, np.ndarray):
             raise TypeError(f"latents must be a mindspore Tensor or a numpy array, got {type(latents).__name__}")
         if tuple(latents.shape) != tuple(shape):
-            raise ValueError(f"latents must have shape {tuple(shape)} (batch_size, in_channels, height, width), got {tuple(latents.shape)}")
+            raise ValueError(f"latents must have shape {tuple(shape)} (batch_size, in_channels, height, width), got "
+                             f"{tuple(latents.shape)}")
         return latents.astype(np.float32)
 
     def _sample(
@@ -334,10 +343,13 @@ class DiffusionPipeline:
         check_choice("output_type", output_type, OUTPUT_TYPES)
         shape = self._sample_shape(batch_size, latents)
         if output_type == "pil" and shape[1] not in PIL_MODES:
-            raise ValueError(f"output_type='pil' needs 1, 3 or 4 channels, this UNet makes {shape[1]}; use output_type='np'")
+            raise ValueError(f"output_type='pil' needs 1, 3 or 4 channels, this UNet makes {shape[1]}; use "
+                             "output_type='np'")
         scheduler = self.scheduler if scheduler is None else scheduler
         if not isinstance(scheduler, self.supported_schedulers):
-            raise TypeError(f"{type(self).__name__} cannot drive a {type(scheduler).__name__}; use {self._supported_text()}")
+            raise TypeError(
+                f"{type(self).__name__} cannot drive a {type(scheduler).__name__}; use {self._supported_text()}"
+            )
         loop = self.sampling_loop(scheduler, **(loop_options or {}))
         rng = as_numpy_generator(generator)
         timesteps, knobs, stochastic = loop.schedule(num_inference_steps, **(schedule_options or {}))
@@ -354,7 +366,8 @@ class DiffusionPipeline:
         try:
             # The loop returns (sample, what the image is made of): the sample itself, or the
             # noise-free predictor mean for score-SDE sampling.
-            _, final = loop.run(Tensor(x, dtype), timesteps, knobs, Tensor(noise, dtype), labels, progress_bar=bar, use_jit=self.use_jit)
+            _, final = loop.run(Tensor(x, dtype), timesteps, knobs, Tensor(noise, dtype), labels, progress_bar=bar,
+                                use_jit=self.use_jit)
         finally:
             if bar is not None:
                 bar.close()

@@ -53,7 +53,8 @@ from ..schedulers.base import LoopPlan, SchedulerBase
 def loop_constants_for(scheduler, options: dict) -> tuple:
     """The values of ``scheduler.loop_constants`` with ``options`` applied, in declaration order."""
     if not isinstance(scheduler, SchedulerBase):
-        raise TypeError(f"the sampling loop drives a scheduler (a SchedulerBase subclass), got {type(scheduler).__name__}")
+        raise TypeError("the sampling loop drives a scheduler (a SchedulerBase subclass), got "
+                        f"{type(scheduler).__name__}")
     declared = scheduler.loop_constants
     unknown = sorted(set(options) - set(declared))
     if unknown:
@@ -95,7 +96,8 @@ class SamplingLoop(nn.Cell):
             t = ops.gather(timesteps, i, 0)
             model_output = self._model(scheduler.loop_model_input(sample, i), t, class_labels)
             noise_i = ops.gather(noise, ops.minimum(i, noise.shape[0] - 1), 0)
-            sample, state = scheduler.loop_update(model_output, sample, i, t, noise_i, ops.gather(knobs, i, 0), state, self.constants)
+            sample, state = scheduler.loop_update(model_output, sample, i, t, noise_i, ops.gather(knobs, i, 0), state,
+                                                  self.constants)
             i = i + 1
             self._tick()
         return sample, scheduler.loop_output(sample, state)

@@ -2,13 +2,12 @@
 
 Each scheduler module adds its class to ``__all__`` through the import below.
 """
-from .base import SchedulerBase, ScaledInputMixin, StepIndexMixin, TimestepTableSchedulerBase, VPSchedulerBase
+from .base import ScaledInputMixin, SchedulerBase, StepIndexMixin, TimestepTableSchedulerBase, VPSchedulerBase
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
-from .consistency_models import CMStochasticIterativeScheduler
 from .euler_discrete import EulerDiscreteScheduler
 from .score_sde_ve import ScoreSdeVeScheduler
 
-__all__ = [name for name in dir() if name.endswith("Scheduler") or name.endswith("SchedulerBase")] + ["ScaledInputMixin", "StepIndexMixin"]
+__all__ = [name for name in dir() if name.endswith(("Scheduler", "SchedulerBase", "Mixin"))]

@@ -23,7 +23,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from ..configuration import _CONFIG_CLASSES, ConfigMixin
-from ..utils import GeneratorLike, check_choice, check_compute_dtype, check_positive, randn
+from ..utils import GeneratorLike, check_compute_dtype, check_positive, randn
 from . import schedules
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -51,7 +51,8 @@ def gather(table: Tensor, index: Tensor, sample: Tensor) -> Tensor:
     return broadcast_to_sample(ops.gather(table, index.astype(ms.int32), 0), sample)
 
 
-def predict_x0_and_eps(prediction_type: str, model_output: Tensor, sample: Tensor, alpha: Tensor, sigma: Tensor) -> Tuple[Tensor, Tensor]:
+def predict_x0_and_eps(prediction_type: str, model_output: Tensor, sample: Tensor, alpha: Tensor,
+                       sigma: Tensor) -> Tuple[Tensor, Tensor]:
     """Both estimates of x_t = α·x0 + σ·ε from a model output (α = sqrt(ᾱ), σ = sqrt(1-ᾱ)).
 
     epsilon: x0 = (x_t - σ·ε̂)/α;  sample: ε = (x_t - α·x̂0)/σ;
@@ -149,13 +150,15 @@ class SchedulerBase(nn.Cell, ConfigMixin):
     # -- host-side argument handling ---------------------------------------------------------
     def _check_ready(self) -> None:
         if self.num_inference_steps is None:
-            raise ValueError(f"{type(self).__name__}.step was called before set_timesteps; call set_timesteps(num_inference_steps) first")
+            raise ValueError(f"{type(self).__name__}.step was called before set_timesteps; call "
+                             "set_timesteps(num_inference_steps) first")
 
     def _check_num_inference_steps(self, num_inference_steps, upper: Optional[int] = None) -> int:
         check_positive("num_inference_steps", num_inference_steps, integer=True)
         if upper is not None and num_inference_steps > upper:
             raise ValueError(
-                f"num_inference_steps ({num_inference_steps}) cannot exceed num_train_timesteps ({upper}): the model was trained on {upper} timesteps"
+                f"num_inference_steps ({num_inference_steps}) cannot exceed num_train_timesteps ({upper}): the model "
+                f"was trained on {upper} timesteps"
             )
         return int(num_inference_steps)
 
@@ -168,7 +171,8 @@ class SchedulerBase(nn.Cell, ConfigMixin):
         if not isinstance(sample, Tensor) or sample.ndim == 0:
             raise TypeError(
                 f"{type(self).__name__}.step takes (model_output, sample, timestep, ...) in this order; "
-                f"got {type(sample).__name__} where sample belongs. diffusers' order step(model_output, timestep, sample) "
+                f"got {type(sample).__name__} where sample belongs. "
+                "diffusers' order step(model_output, timestep, sample) "
                 "must be written as step(model_output, sample, timestep) or with keywords"
             )
         if not isinstance(model_output, Tensor):
@@ -178,9 +182,11 @@ class SchedulerBase(nn.Cell, ConfigMixin):
                 raise TypeError(f"{name} must be float32 or float16, got {tensor.dtype}")
         if not 2 <= sample.ndim <= 5:
             raise ValueError(f"sample must have rank 2 to 5 (B, ...), got shape {tuple(sample.shape)}")
-        ok_shapes = [tuple(sample.shape[:1]) + (sample.shape[1] * m,) + tuple(sample.shape[2:]) for m in channel_multiple]
+        ok_shapes = [tuple(sample.shape[:1]) + (sample.shape[1] * m,) + tuple(sample.shape[2:])
+                     for m in channel_multiple]
         if tuple(model_output.shape) not in ok_shapes:
-            raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape {tuple(sample.shape)}")
+            raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
+                             f"{tuple(sample.shape)}")
 
     def _timestep_tensor(self, timestep: TimestepLike, batch: int, dtype=ms.int32) -> Tensor:
         """A 0-d or ``(B,)`` Tensor of timesteps from a Python number, numpy value or Tensor."""
@@ -190,12 +196,16 @@ class SchedulerBase(nn.Cell, ConfigMixin):
             return Tensor(timestep, dtype)
         if isinstance(timestep, np.ndarray):
             timestep = Tensor(timestep)
+        # This runs inside compiled graphs (add_noise in the training step), and MindSpore's graph parser
+        # cannot read an f-string that spans lines: the messages are joined with "+".
         if not isinstance(timestep, Tensor):
-            raise TypeError(f"timestep must be a Python number, a 0-d Tensor or a (B,) Tensor, got {type(timestep).__name__}")
+            raise TypeError("timestep must be a Python number, a 0-d Tensor or a (B,) Tensor, "
+                            + f"got {type(timestep).__name__}")
         if timestep.ndim == 1 and timestep.shape[0] == 1 and batch != 1:
             timestep = timestep.reshape(())  # one timestep for the whole batch, as a scalar
         if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] != batch):
-            raise ValueError(f"timestep must be a scalar, (1,) or have shape ({batch},) to match the batch, got shape {tuple(timestep.shape)}")
+            raise ValueError(f"timestep must be a scalar, (1,) or have shape ({batch},) to match the batch, "
+                             + f"got shape {tuple(timestep.shape)}")
         return timestep.astype(dtype)
 
     def _noise_like(self, sample: Tensor, generator: GeneratorLike, variance_noise: Optional[Tensor]) -> Tensor:
@@ -206,7 +216,8 @@ class SchedulerBase(nn.Cell, ConfigMixin):
             if not isinstance(variance_noise, Tensor):
                 raise TypeError(f"variance_noise must be a mindspore Tensor, got {type(variance_noise).__name__}")
             if tuple(variance_noise.shape) != tuple(sample.shape):
-                raise ValueError(f"variance_noise shape {tuple(variance_noise.shape)} does not match sample shape {tuple(sample.shape)}")
+                raise ValueError(f"variance_noise shape {tuple(variance_noise.shape)} does not match sample shape "
+                                 f"{tuple(sample.shape)}")
             return self._cast(variance_noise)
         return randn(sample.shape, generator, self.compute_dtype)
 
@@ -286,7 +297,8 @@ class SchedulerBase(nn.Cell, ConfigMixin):
         """Device side: what the model sees at iteration ``i``; the sample itself by default."""
         return sample
 
-    def loop_update(self, model_output: Tensor, sample: Tensor, i: Tensor, timestep: Tensor, noise: Tensor, knob: Tensor, state: tuple, constants: tuple):
+    def loop_update(self, model_output: Tensor, sample: Tensor, i: Tensor, timestep: Tensor, noise: Tensor,
+                    knob: Tensor, state: tuple, constants: tuple):
         """Device side: one iteration's update, ``(next_sample, next_state)``.
 
         ``i`` is the iteration index, ``timestep`` the model's conditioning at it, ``noise`` this
@@ -343,9 +355,10 @@ class VPSchedulerBase(SchedulerBase):
         first = int(np.flatnonzero(self.alphas_cumprod == 0)[0])
         cfg = self.config
         return (
-            f"alpha_cumprod underflows to 0 in float32 from training timestep {first} on with beta_schedule={cfg.get('beta_schedule')!r}, "
-            f"beta_start={cfg.get('beta_start')}, beta_end={cfg.get('beta_end')} and num_train_timesteps={cfg['num_train_timesteps']}: "
-            "no signal is left there and the noise level sqrt((1-alpha_cumprod)/alpha_cumprod) is infinite; use smaller betas or "
+            f"alpha_cumprod underflows to 0 in float32 from training timestep {first} on with "
+            f"beta_schedule={cfg.get('beta_schedule')!r}, beta_start={cfg.get('beta_start')}, "
+            f"beta_end={cfg.get('beta_end')} and num_train_timesteps={cfg['num_train_timesteps']}: no signal is left "
+            "there and the noise level sqrt((1-alpha_cumprod)/alpha_cumprod) is infinite; use smaller betas or "
             "fewer training timesteps (or a prediction type other than epsilon, with DDIM/DDPM)"
         )
 
@@ -360,7 +373,8 @@ class VPSchedulerBase(SchedulerBase):
         if np.any(ts[1:] >= ts[:-1]):
             raise ValueError(f"custom timesteps must be strictly descending, got {ts.tolist()}")
         if ts[0] >= self.config.num_train_timesteps or ts[-1] < 0:
-            raise ValueError(f"custom timesteps must lie in [0, {self.config.num_train_timesteps - 1}], got {ts.tolist()}")
+            raise ValueError(f"custom timesteps must lie in [0, {self.config.num_train_timesteps - 1}], got "
+                             f"{ts.tolist()}")
         return ts.astype(np.int64)
 
     def _signal_noise(self, timestep: Tensor, sample: Tensor) -> Tuple[Tensor, Tensor]:
@@ -400,8 +414,10 @@ class TimestepTableSchedulerBase(VPSchedulerBase):
         per-timestep coefficients."""
         if timesteps.max() >= self.config.num_train_timesteps:
             raise ValueError(
-                f"steps_offset={self.config.get('steps_offset', 0)} with {len(timesteps)} {self.config.get('timestep_spacing', '')} steps puts timestep "
-                f"{int(timesteps.max())} past num_train_timesteps - 1 = {self.config.num_train_timesteps - 1}; use fewer steps or steps_offset=0"
+                f"steps_offset={self.config.get('steps_offset', 0)} with {len(timesteps)} "
+                f"{self.config.get('timestep_spacing', '')} steps puts timestep "
+                f"{int(timesteps.max())} past num_train_timesteps - 1 = {self.config.num_train_timesteps - 1}; use "
+                "fewer steps or steps_offset=0"
             )
         if previous is None:
             previous = self._previous_in_list(timesteps)
@@ -409,7 +425,8 @@ class TimestepTableSchedulerBase(VPSchedulerBase):
         self.num_inference_steps = len(timesteps)
         self._previous_table_host = previous.astype(np.int64)
         abar = self.alphas_cumprod
-        abar_prev = np.where(previous >= 0, abar[np.maximum(previous, 0)], np.float32(self._final_alpha_cumprod())).astype(np.float32)
+        abar_prev = np.where(previous >= 0, abar[np.maximum(previous, 0)],
+                             np.float32(self._final_alpha_cumprod())).astype(np.float32)
         if self.config.get("prediction_type", "epsilon") == "epsilon" and np.any(abar[timesteps] == 0):
             if not self.config.get("rescale_betas_zero_snr", False):
                 raise ValueError(self._underflow_message())
@@ -452,8 +469,10 @@ class TimestepTableSchedulerBase(VPSchedulerBase):
         allowed_set = set(allowed.tolist())
         bad = [v for v in values.tolist() if v not in allowed_set]
         if bad:
-            where = "in the schedule set by set_timesteps" if in_schedule else f"in [0, {self.config.num_train_timesteps - 1}]"
-            raise ValueError(f"timestep {bad[0]!r} is not {where}: {allowed.tolist()[:12]}{'...' if len(allowed) > 12 else ''}")
+            last = self.config.num_train_timesteps - 1
+            where = "in the schedule set by set_timesteps" if in_schedule else f"in [0, {last}]"
+            raise ValueError(f"timestep {bad[0]!r} is not {where}: "
+                             f"{allowed.tolist()[:12]}{'...' if len(allowed) > 12 else ''}")
 
     def previous_timestep(self, timestep: TimestepLike):
         """The timestep a step from ``timestep`` lands on (-1 after the last step)."""
@@ -499,11 +518,14 @@ class StepIndexMixin:
         """The timestep as a Python number: one value for the whole batch."""
         if isinstance(timestep, bool):
             raise TypeError("timestep must be a number or a Tensor, got bool")
-        is_int = isinstance(timestep, (int, np.integer)) or (isinstance(timestep, (Tensor, np.ndarray)) and not _is_float_array(timestep))
+        is_int = isinstance(timestep, (int, np.integer)) or (
+            isinstance(timestep, (Tensor, np.ndarray)) and not _is_float_array(timestep)
+        )
         if is_int and not self.integer_timesteps:
             raise ValueError(
-                f"{type(self).__name__} takes timesteps as floats, one of scheduler.timesteps, got the integer {timestep!r}: "
-                "integer indices (e.g. from enumerate(timesteps)) are not timesteps. Pass the entry of scheduler.timesteps itself"
+                f"{type(self).__name__} takes timesteps as floats, one of scheduler.timesteps, got the integer "
+                f"{timestep!r}: integer indices (e.g. from enumerate(timesteps)) are not timesteps. "
+                "Pass the entry of scheduler.timesteps itself"
             )
         if isinstance(timestep, (int, float, np.integer, np.floating)):
             return timestep.item() if isinstance(timestep, np.generic) else timestep
@@ -513,12 +535,14 @@ class StepIndexMixin:
         if values.size < 1 or timestep.ndim > 1 or (batch is not None and timestep.ndim == 1 and values.size != batch):
             raise ValueError(f"timestep must be a scalar or a ({batch},) Tensor, got shape {tuple(timestep.shape)}")
         if np.any(values != values[0]):
-            raise ValueError(f"{type(self).__name__} steps the whole batch at one timestep; got different per-sample timesteps {values.tolist()}")
+            raise ValueError(f"{type(self).__name__} steps the whole batch at one timestep; got different per-sample "
+                             f"timesteps {values.tolist()}")
         return values[0].item()
 
     def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
         """Position of ``timestep`` in the schedule: the second match if it occurs more than once."""
-        schedule = np.asarray(self.timesteps if schedule_timesteps is None else schedule_timesteps, np.float64).reshape(-1)
+        schedule = np.asarray(self.timesteps if schedule_timesteps is None else schedule_timesteps,
+                              np.float64).reshape(-1)
         value = self._host_timestep(timestep)
         matches = np.flatnonzero(schedule == value)
         if matches.size == 0:
@@ -534,7 +558,8 @@ class StepIndexMixin:
         else:
             self.index_for_timestep(value)  # a timestep from outside the schedule is a caller error
         if self._step_index >= len(self.timesteps):
-            raise ValueError(f"all {len(self.timesteps)} steps of the schedule are done; call set_timesteps again to sample anew")
+            raise ValueError(f"all {len(self.timesteps)} steps of the schedule are done; call set_timesteps again to "
+                             "sample anew")
         return self._step_index
 
     def _scales_of_sigmas(self, sigmas: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from ..configuration import register_to_config
 from ..outputs import CMStochasticIterativeSchedulerOutput
 from ..utils import GeneratorLike, check_positive
 from . import schedules
-from .base import LoopPlan, SchedulerBase, ScaledInputMixin, StepIndexMixin, as_float32, gather
+from .base import LoopPlan, ScaledInputMixin, SchedulerBase, StepIndexMixin, as_float32, gather
 
 
 def boundary_scalings(sigma, sigma_min: float, sigma_data: float):
@@ -44,7 +44,8 @@ class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, Scheduler
         >>> from mindscience_diffuser import CMStochasticIterativeScheduler
         >>> scheduler = CMStochasticIterativeScheduler()
         >>> scheduler.set_timesteps(timesteps=[22, 0])
-        >>> x = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 8, 8)), ms.float32) * scheduler.init_noise_sigma
+        >>> noise = np.random.default_rng(0).standard_normal((1, 3, 8, 8))
+        >>> x = ms.Tensor(noise, ms.float32) * scheduler.init_noise_sigma
         >>> for t in scheduler.timesteps:
         ...     model_in = scheduler.scale_model_input(x, t)
         ...     x = scheduler.step(0.1 * model_in, x, t, generator=0)  # 0.1·x stands in for a trained model
@@ -68,7 +69,8 @@ class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, Scheduler
     ):
         super().__init__(compute_dtype)
         check_positive("num_train_timesteps", num_train_timesteps, integer=True, minimum=2)
-        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("sigma_data", sigma_data), ("rho", rho)):
+        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("sigma_data", sigma_data),
+                            ("rho", rho)):
             check_positive(name, value)
         if not sigma_max > sigma_min:
             raise ValueError(f"sigma_max ({sigma_max}) must be larger than sigma_min ({sigma_min})")
@@ -83,7 +85,8 @@ class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, Scheduler
 
     # -- host-side schedule ------------------------------------------------------------------
     def _sigmas_at(self, ramp: np.ndarray) -> np.ndarray:
-        return schedules.karras_ramp_sigmas(ramp, self.config["sigma_min"], self.config["sigma_max"], self.config["rho"])
+        return schedules.karras_ramp_sigmas(ramp, self.config["sigma_min"], self.config["sigma_max"],
+                                            self.config["rho"])
 
     @staticmethod
     def sigma_to_t(sigmas):
@@ -94,7 +97,9 @@ class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, Scheduler
         """(c_skip, c_out) of :func:`boundary_scalings` at ``sigma`` (a number, array or Tensor)."""
         return boundary_scalings(sigma, self.config["sigma_min"], self.config["sigma_data"])
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None) -> None:
+    def set_timesteps(
+        self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None
+    ) -> None:
         """Place the sampling noise levels on the Karras schedule over the training steps.
 
         ``num_inference_steps`` uses training steps 0, T//N, 2·T//N, ...; ``timesteps`` is an
@@ -108,8 +113,10 @@ class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, Scheduler
             raise ValueError("pass exactly one of num_inference_steps or timesteps")
         if timesteps is not None:
             steps = np.asarray(timesteps)
-            if steps.ndim != 1 or steps.size < 1 or not (np.issubdtype(steps.dtype, np.integer) or np.all(np.mod(steps, 1) == 0)):
-                raise ValueError(f"timesteps must be a non-empty 1-D list of integer training steps, got {timesteps!r}")
+            if steps.ndim != 1 or steps.size < 1 or not (np.issubdtype(steps.dtype, np.integer)
+                                                         or np.all(np.mod(steps, 1) == 0)):
+                raise ValueError("timesteps must be a non-empty 1-D list of integer training steps, got "
+                                 f"{timesteps!r}")
             if np.any(steps[1:] >= steps[:-1]):
                 raise ValueError(f"timesteps must be in descending order, got {steps.tolist()}")
             if steps[0] >= T or steps[-1] < 0:

@@ -11,7 +11,14 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import PREDICTION_TYPES, LoopPlan, TimestepLike, TimestepTableSchedulerBase, clip_or_threshold, predict_x0_and_eps
+from .base import (
+    PREDICTION_TYPES,
+    LoopPlan,
+    TimestepLike,
+    TimestepTableSchedulerBase,
+    clip_or_threshold,
+    predict_x0_and_eps,
+)
 
 
 def _check_eta(eta) -> None:
@@ -74,7 +81,9 @@ class DDIMScheduler(TimestepTableSchedulerBase):
         self._init_betas()
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else self.alphas_cumprod[0]
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None) -> None:
+    def set_timesteps(
+        self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None
+    ) -> None:
         """Choose the inference timesteps: ``num_inference_steps`` spaced by ``timestep_spacing``,
         or an explicit descending list ``timesteps`` (each steps to the next one in the list).
         ``device`` is accepted for diffusers compatibility and ignored."""
@@ -87,7 +96,8 @@ class DDIMScheduler(TimestepTableSchedulerBase):
             self._install_schedule(ts)
             return
         n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
-        ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset).astype(np.int64)
+        ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n,
+                                        cfg.steps_offset).astype(np.int64)
         self.custom_timesteps = False
         self._install_schedule(ts, np.arange(cfg.num_train_timesteps) - cfg.num_train_timesteps // n)
 
@@ -104,12 +114,14 @@ class DDIMScheduler(TimestepTableSchedulerBase):
             "variance": (one - abar_prev) / (one - abar) * (one - abar / abar_prev),
         }
 
-    def construct(self, model_output: Tensor, sample: Tensor, timestep: Tensor, noise: Tensor, eta=0.0, use_clipped_model_output: bool = False):
+    def construct(self, model_output: Tensor, sample: Tensor, timestep: Tensor, noise: Tensor, eta=0.0,
+                  use_clipped_model_output: bool = False):
         """One DDIM step; returns ``(prev_sample, pred_original_sample)``. Pure MindSpore."""
         coefs = self._coefficients(timestep)
         alpha, sigma = self._column(coefs, "alpha", sample), self._column(coefs, "sigma", sample)
         x_t = sample.astype(ms.float32)
-        x0, eps = predict_x0_and_eps(self.config["prediction_type"], model_output.astype(ms.float32), x_t, alpha, sigma)
+        x0, eps = predict_x0_and_eps(self.config["prediction_type"], model_output.astype(ms.float32), x_t, alpha,
+                                     sigma)
         x0 = clip_or_threshold(x0, self.config)
         if use_clipped_model_output:
             eps = (x_t - alpha * x0) / sigma
@@ -154,5 +166,6 @@ class DDIMScheduler(TimestepTableSchedulerBase):
         self._check_host_timestep(timestep, in_schedule=False)
         t = self._timestep_tensor(timestep, sample.shape[0])
         noise = self._noise_like(sample, generator, variance_noise) if eta > 0 else self._zeros_like(sample)
-        prev, x0 = self(self._cast(model_output), self._cast(sample), t, noise, float(eta), bool(use_clipped_model_output))
+        prev, x0 = self(self._cast(model_output), self._cast(sample), t, noise, float(eta),
+                        bool(use_clipped_model_output))
         return self._pack(return_dict, SchedulerOutput, prev, x0)

@@ -11,13 +11,21 @@ from ..configuration import register_to_config
 from ..outputs import SchedulerOutput
 from ..utils import GeneratorLike, check_choice
 from . import schedules
-from .base import PREDICTION_TYPES, LoopPlan, TimestepLike, TimestepTableSchedulerBase, broadcast_to_sample, clip_or_threshold, predict_x0_and_eps
+from .base import (
+    PREDICTION_TYPES,
+    LoopPlan,
+    TimestepLike,
+    TimestepTableSchedulerBase,
+    clip_or_threshold,
+    predict_x0_and_eps,
+)
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 LEARNED_VARIANCES = ("learned", "learned_range")
 
 
-def posterior_std(variance_type: str, coefs_std: Tensor, log_small: Tensor, log_large: Tensor, predicted: Optional[Tensor]) -> Tensor:
+def posterior_std(variance_type: str, coefs_std: Tensor, log_small: Tensor, log_large: Tensor,
+                  predicted: Optional[Tensor]) -> Tensor:
     """Standard deviation of p(x_{t-1} | x_t) for each ``variance_type``.
 
     fixed_small: sqrt(β̃_t), β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t)·β_t the true posterior variance (Ho et al.
@@ -82,7 +90,9 @@ class DDPMScheduler(TimestepTableSchedulerBase):
         check_choice("timestep_spacing", timestep_spacing, schedules.TIMESTEP_SPACINGS)
         self._init_betas()
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None) -> None:
+    def set_timesteps(
+        self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None
+    ) -> None:
         """Choose the inference timesteps: ``num_inference_steps`` spaced by ``timestep_spacing``,
         or an explicit descending list ``timesteps``. Either way each timestep steps to the
         next one in the list, and the last one to x0.
@@ -95,7 +105,8 @@ class DDPMScheduler(TimestepTableSchedulerBase):
             self.custom_timesteps = True
         else:
             n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
-            ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset).astype(np.int64)
+            ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n,
+                                            cfg.steps_offset).astype(np.int64)
             self.custom_timesteps = False
         self._install_schedule(ts)
 
@@ -131,10 +142,12 @@ class DDPMScheduler(TimestepTableSchedulerBase):
         coefs = self._coefficients(timestep)
         column = lambda name: self._column(coefs, name, sample)  # noqa: E731
         x_t = sample.astype(ms.float32)
-        x0, _ = predict_x0_and_eps(self.config["prediction_type"], model_output.astype(ms.float32), x_t, column("alpha"), column("sigma"))
+        x0, _ = predict_x0_and_eps(self.config["prediction_type"], model_output.astype(ms.float32), x_t,
+                                   column("alpha"), column("sigma"))
         x0 = clip_or_threshold(x0, self.config)
         mean = column("x0_coef") * x0 + column("xt_coef") * x_t
-        std = posterior_std(self.config["variance_type"], column("std"), column("log_small"), column("log_large"), predicted)
+        std = posterior_std(self.config["variance_type"], column("std"), column("log_small"), column("log_large"),
+                            predicted)
         prev = mean + column("noisy") * std * noise.astype(ms.float32)
         return self._cast(prev), self._cast(x0)
 
@@ -164,7 +177,8 @@ class DDPMScheduler(TimestepTableSchedulerBase):
         self._check_ready()
         self._check_tensors(model_output, sample, channel_multiple=(1, 2) if self._learned else (1,))
         if self._learned and model_output.shape[1] != 2 * sample.shape[1]:
-            raise ValueError(f"variance_type={self.config.variance_type!r} needs a 2C-channel model_output (prediction, variance), got shape {tuple(model_output.shape)}")
+            raise ValueError(f"variance_type={self.config.variance_type!r} needs a 2C-channel model_output "
+                             f"(prediction, variance), got shape {tuple(model_output.shape)}")
         self._check_host_timestep(timestep, in_schedule=True)
         t = self._timestep_tensor(timestep, sample.shape[0])
         noise = self._noise_like(sample, generator, variance_noise)

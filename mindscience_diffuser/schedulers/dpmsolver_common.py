@@ -75,10 +75,12 @@ def solver_coefficients(algorithm_type: str, alpha_t, sigma_t, alpha_s, sigma_s,
     """
     if algorithm_type == "dpmsolver++":
         em1 = np.exp(-h) - 1
-        return sigma_t / sigma_s, None, -(alpha_t * em1), alpha_t * (em1 / h + 1), -(alpha_t * ((em1 + h) / h**2 - 0.5))
+        return (sigma_t / sigma_s, None, -(alpha_t * em1), alpha_t * (em1 / h + 1),
+                -(alpha_t * ((em1 + h) / h**2 - 0.5)))
     if algorithm_type == "dpmsolver":
         ep1 = np.exp(h) - 1
-        return alpha_t / alpha_s, None, -(sigma_t * ep1), -(sigma_t * (ep1 / h - 1)), -(sigma_t * ((ep1 - h) / h**2 - 0.5))
+        return (alpha_t / alpha_s, None, -(sigma_t * ep1), -(sigma_t * (ep1 / h - 1)),
+                -(sigma_t * ((ep1 - h) / h**2 - 0.5)))
     if algorithm_type == "sde-dpmsolver++":
         one_m = 1 - np.exp(-2 * h)
         return (
@@ -89,10 +91,12 @@ def solver_coefficients(algorithm_type: str, alpha_t, sigma_t, alpha_s, sigma_s,
             alpha_t * ((one_m - 2 * h) / (2 * h) ** 2 - 0.5),
         )
     ep1 = np.exp(h) - 1
-    return alpha_t / alpha_s, sigma_t * np.sqrt(np.exp(2 * h) - 1), -2 * (sigma_t * ep1), -2 * (sigma_t * (ep1 / h - 1)), None
+    return (alpha_t / alpha_s, sigma_t * np.sqrt(np.exp(2 * h) - 1), -2 * (sigma_t * ep1),
+            -2 * (sigma_t * (ep1 / h - 1)), None)
 
 
-def step_tables(algorithm_type: str, solver_type: str, alpha: np.ndarray, sigma_t: np.ndarray, lam: np.ndarray, orders: np.ndarray):
+def step_tables(algorithm_type: str, solver_type: str, alpha: np.ndarray, sigma_t: np.ndarray, lam: np.ndarray,
+                orders: np.ndarray):
     """Per-step solver coefficients for steps i = 0..M-1 (knot i to knot i+1), float32.
 
     Returns a dict of arrays: ``A``, ``B``, ``c0``, ``c1`` (second order: c0/2 for midpoint,
@@ -105,7 +109,8 @@ def step_tables(algorithm_type: str, solver_type: str, alpha: np.ndarray, sigma_
     i = np.arange(m)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         h = lam[i + 1] - lam[i]
-        a, b, c0, c1_heun, c2 = solver_coefficients(algorithm_type, alpha[i + 1], sigma_t[i + 1], alpha[i], sigma_t[i], h)
+        a, b, c0, c1_heun, c2 = solver_coefficients(algorithm_type, alpha[i + 1], sigma_t[i + 1], alpha[i], sigma_t[i],
+                                                    h)
         c1 = np.float32(0.5) * c0 if solver_type == "midpoint" else c1_heun
         r0 = (lam[i] - lam[np.maximum(i - 1, 0)]) / h
         r1 = (lam[np.maximum(i - 1, 0)] - lam[np.maximum(i - 2, 0)]) / h
@@ -205,7 +210,8 @@ def clipped_index(abar32: np.ndarray, lambda_min_clipped: float) -> int:
     return int(np.searchsorted(lam[::-1], lambda_min_clipped, side="left"))
 
 
-def step_orders(num_steps: int, solver_order: int, lower_order_final: bool, euler_at_final: bool, zero_final: bool) -> np.ndarray:
+def step_orders(num_steps: int, solver_order: int, lower_order_final: bool, euler_at_final: bool,
+                zero_final: bool) -> np.ndarray:
     """The highest order step i may use (warm-up on ``lower_order_nums`` is applied on top, in the step).
 
     First order at the last step with ``euler_at_final``, with ``lower_order_final`` below 15
@@ -256,10 +262,13 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         check_choice("variance_type", cfg.variance_type, VARIANCE_TYPES)
         check_choice("timestep_spacing", cfg.timestep_spacing, schedules.TIMESTEP_SPACINGS)
         if cfg.prediction_type == "flow_prediction" and not cfg.algorithm_type.endswith("++"):
-            raise ValueError(f"prediction_type='flow_prediction' needs algorithm_type 'dpmsolver++' or 'sde-dpmsolver++', got {cfg.algorithm_type!r}")
+            raise ValueError("prediction_type='flow_prediction' needs algorithm_type 'dpmsolver++' or "
+                             f"'sde-dpmsolver++', got {cfg.algorithm_type!r}")
         if cfg.algorithm_type == "sde-dpmsolver" and cfg.solver_order == 3:
-            raise ValueError("algorithm_type='sde-dpmsolver' has no third-order update; use solver_order 1 or 2, or 'sde-dpmsolver++'")
-        self.sigma_schedule = schedules.chosen_sigma_schedule(cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas)
+            raise ValueError("algorithm_type='sde-dpmsolver' has no third-order update; use solver_order 1 or 2, or "
+                             "'sde-dpmsolver++'")
+        self.sigma_schedule = schedules.chosen_sigma_schedule(cfg.use_karras_sigmas, cfg.use_exponential_sigmas,
+                                                              cfg.use_beta_sigmas)
         if cfg.use_flow_sigmas and self.sigma_schedule is not None:
             raise ValueError(f"use_flow_sigmas cannot be combined with use_{self.sigma_schedule}_sigmas")
         if isinstance(cfg.lambda_min_clipped, bool) or not isinstance(cfg.lambda_min_clipped, (int, float)):
@@ -267,7 +276,8 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         # float32 β and ᾱ exactly as diffusers holds them: near t=0, 1-ᾱ ≈ β_0 keeps only a few float32
         # digits, and σ_min of every Karras/exponential/beta schedule is exactly that value.
         self._init_betas()
-        self._threshold = (float(cfg.dynamic_thresholding_ratio), float(cfg.sample_max_value)) if cfg.thresholding else None
+        self._threshold = (float(cfg.dynamic_thresholding_ratio),
+                           float(cfg.sample_max_value)) if cfg.thresholding else None
         self.sigmas = None
         self._state: Optional[DPMState] = None
         self._step_index = None  # == int(self._state[0]) whenever _state is set
@@ -289,7 +299,8 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         self.sigmas = sigmas
         self.num_inference_steps = m = len(self.timesteps)
         self._set_table("order_table", orders, ms.int32)
-        columns = step_tables(self.config["algorithm_type"], self.config["solver_type"], alpha, sigma_t, half_log_snr(alpha, sigma_t), orders)
+        columns = step_tables(self.config["algorithm_type"], self.config["solver_type"], alpha, sigma_t,
+                              half_log_snr(alpha, sigma_t), orders)
         columns.update(alpha_s=alpha[:m], sigma_t_s=sigma_t[:m], sigma_s=sigmas[:m])
         # One (M, 11) table: a step gathers its whole row with one op.
         self._set_table("step_table", np.stack([columns[name] for name in COLUMNS], axis=1).astype(np.float32))
@@ -342,7 +353,8 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         if self.config["variance_type"] in LEARNED_VARIANCES:
             # The model predicts [ε, v] as 2C channels; the solver uses the first C.
             model_output = model_output[:, : sample.shape[1]]
-        return convert_model_output(self.config["algorithm_type"], self.config["prediction_type"], model_output, sample, alpha_s0, sigma_s0, sigma_raw, self._threshold)
+        return convert_model_output(self.config["algorithm_type"], self.config["prediction_type"], model_output,
+                                    sample, alpha_s0, sigma_s0, sigma_raw, self._threshold)
 
     def construct(self, model_output: Tensor, sample: Tensor, noise: Tensor, state: DPMState):
         """One multistep DPM-Solver step: ``(prev_sample, pred_original_sample, new_state)``.
@@ -388,7 +400,8 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         self._check_ready()
         state = self._state
         if state is not None and tuple(state[2].shape[1:]) != tuple(sample.shape):
-            raise ValueError(f"sample shape {tuple(sample.shape)} changed mid-loop (was {tuple(state[2].shape[1:])}); call set_timesteps again")
+            raise ValueError(f"sample shape {tuple(sample.shape)} changed mid-loop (was {tuple(state[2].shape[1:])}); "
+                             "call set_timesteps again")
         index = self._step_index_for(timestep, sample.shape[0])
         return (self.initial_state(sample, index) if state is None else state), index
 
@@ -409,7 +422,8 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         :class:`SchedulerOutput` (``True``) or ``(prev_sample, pred_original_sample)`` (``False``).
         """
         self._check_ready()
-        self._check_tensors(model_output, sample, channel_multiple=(2,) if self.config["variance_type"] in LEARNED_VARIANCES else (1,))
+        learned = self.config["variance_type"] in LEARNED_VARIANCES
+        self._check_tensors(model_output, sample, channel_multiple=(2,) if learned else (1,))
         state, index = self._resolve_state(sample, timestep)
         if self.stochastic:
             noise = self._noise_like(sample, generator, variance_noise)
@@ -427,12 +441,14 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         """Table rows at the current step index, for diffusers' building-block methods."""
         self._check_ready()
         if self._state is None and self._begin_index is None:
-            raise ValueError("step_index is not set: call step once, or set_begin_index, before the solver building blocks")
+            raise ValueError("step_index is not set: call step once, or set_begin_index, before the solver building "
+                             "blocks")
         index = self._step_index if self._state is not None else self._begin_index
         if index >= self.num_inference_steps:
             raise ValueError(f"all {self.num_inference_steps} steps are done; call set_timesteps again")
         if order > 1 and (index < order - 1 or int(self.order_table.asnumpy()[index]) < order):
-            raise ValueError(f"step {index} cannot take an order-{order} update (schedule allows {int(self.order_table.asnumpy()[index])}, history starts at step 0)")
+            raise ValueError(f"step {index} cannot take an order-{order} update (schedule allows "
+                             f"{int(self.order_table.asnumpy()[index])}, history starts at step 0)")
         return self._knots(Tensor(index, ms.int32))
 
     def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
@@ -448,19 +464,23 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
             raise ValueError(f"algorithm_type={self.config.algorithm_type!r} needs noise")
         return as_float32(noise)
 
-    def dpm_solver_first_order_update(self, model_output: Tensor, sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+    def dpm_solver_first_order_update(self, model_output: Tensor, sample: Tensor,
+                                      noise: Optional[Tensor] = None) -> Tensor:
         """First-order step from the current step index with a converted ``model_output``."""
         coefs = self._current_knots()[0]
-        return self._cast(first_order_update(coefs, as_float32(sample), as_float32(model_output), self._block_noise(noise)))
+        return self._cast(first_order_update(coefs, as_float32(sample), as_float32(model_output),
+                                             self._block_noise(noise)))
 
-    def multistep_dpm_solver_second_order_update(self, model_output_list: Sequence[Tensor], sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+    def multistep_dpm_solver_second_order_update(self, model_output_list: Sequence[Tensor], sample: Tensor,
+                                                 noise: Optional[Tensor] = None) -> Tensor:
         """Second-order multistep step; ``model_output_list`` ends with the newest converted output."""
         coefs = self._current_knots(order=2)[0]
         m0, m1 = (as_float32(m) for m in (model_output_list[-1], model_output_list[-2]))
         first = first_order_update(coefs, as_float32(sample), m0, self._block_noise(noise))
         return self._cast(second_order_update(coefs, first, m0, m1))
 
-    def multistep_dpm_solver_third_order_update(self, model_output_list: Sequence[Tensor], sample: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+    def multistep_dpm_solver_third_order_update(self, model_output_list: Sequence[Tensor], sample: Tensor,
+                                                noise: Optional[Tensor] = None) -> Tensor:
         """Third-order multistep step; ``model_output_list`` ends with the newest converted output."""
         if self.config["algorithm_type"] == "sde-dpmsolver":
             raise ValueError("algorithm_type='sde-dpmsolver' has no third-order update")

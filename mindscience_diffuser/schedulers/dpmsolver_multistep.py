@@ -81,8 +81,8 @@ class DPMSolverMultistepScheduler(DPMSolverMultistepBase):
             raise ValueError(f"use_lu_lambdas cannot be combined with {other}: choose one noise-level schedule")
         if final_sigmas_type == "zero" and not self.config["algorithm_type"].endswith("++"):
             raise ValueError(
-                f"final_sigmas_type='zero' needs algorithm_type 'dpmsolver++' or 'sde-dpmsolver++' (got {self.config.algorithm_type!r}); "
-                "use final_sigmas_type='sigma_min'"
+                "final_sigmas_type='zero' needs algorithm_type 'dpmsolver++' or 'sde-dpmsolver++' "
+                f"(got {self.config.algorithm_type!r}); use final_sigmas_type='sigma_min'"
             )
         self._zero_final = final_sigmas_type == "zero"
         self._flow_shift = float(flow_shift)
@@ -104,22 +104,27 @@ class DPMSolverMultistepScheduler(DPMSolverMultistepBase):
             self._flow_shift = math.exp(float(mu))
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")
-        special = self.sigma_schedule or ("lu" if cfg.use_lu_lambdas else None) or ("flow" if self.config["use_flow_sigmas"] else None)
+        special = (self.sigma_schedule or ("lu" if cfg.use_lu_lambdas else None)
+                   or ("flow" if self.config["use_flow_sigmas"] else None))
         full = self._train_sigmas()
         if timesteps is not None:
             if special is not None:
-                raise ValueError(f"custom timesteps cannot be used with {special} sigmas: those set their own timesteps")
+                raise ValueError(f"custom timesteps cannot be used with {special} sigmas: those set their own "
+                                 "timesteps")
             ts = self._check_custom_timesteps(timesteps).astype(np.float64)
             n = len(ts)
         else:
             n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
-            last = cfg.num_train_timesteps - clipped_index(self.alphas_cumprod.astype(np.float32), cfg.lambda_min_clipped)
-            ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset, last_timestep=last, extra_point=True)
+            last = cfg.num_train_timesteps - clipped_index(self.alphas_cumprod.astype(np.float32),
+                                                           cfg.lambda_min_clipped)
+            ts = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset,
+                                            last_timestep=last, extra_point=True)
         if special in ("karras", "exponential", "beta", "lu"):
             # Lu et al.'s uniform-λ steps are, for a VP schedule, uniform in log σ.
             make = schedules.SIGMA_SCHEDULES["exponential" if special == "lu" else special]
             sig = make(float(full[0]), float(full[-1]), n)
-            ts = self._sigma_schedule_timesteps(sig, special in ("karras", "lu") and cfg.beta_schedule != "squaredcos_cap_v2")
+            rounded = special in ("karras", "lu") and cfg.beta_schedule != "squaredcos_cap_v2"
+            ts = self._sigma_schedule_timesteps(sig, rounded)
         elif special == "flow":
             sig = schedules.flow_sigmas(cfg.num_train_timesteps, n, self._flow_shift)
             ts = sig * cfg.num_train_timesteps
@@ -127,5 +132,6 @@ class DPMSolverMultistepScheduler(DPMSolverMultistepBase):
             sig = np.interp(ts, np.arange(len(full)), full)
         final = float(full[0]) if cfg.final_sigmas_type == "sigma_min" else 0.0
         ts = ts.astype(np.int64)
-        orders = step_orders(len(ts), self.config["solver_order"], cfg.lower_order_final, cfg.euler_at_final, self._zero_final)
+        orders = step_orders(len(ts), self.config["solver_order"], cfg.lower_order_final, cfg.euler_at_final,
+                             self._zero_final)
         self._install_knots(ts, np.append(sig, final), orders)

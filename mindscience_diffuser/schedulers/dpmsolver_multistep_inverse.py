@@ -11,12 +11,15 @@ from . import schedules
 from .dpmsolver_common import DPMSolverMultistepBase, clipped_index, step_orders
 
 
-def ascending_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps: int, steps_offset: int, noisiest: int) -> np.ndarray:
+def ascending_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps: int, steps_offset: int,
+                        noisiest: int) -> np.ndarray:
     """Inversion timesteps, ascending up to ``noisiest``: linspace/leading place N+1 points on
     [0, noisiest] and drop the noisiest one; trailing counts back from noisiest+1 by T/N."""
     if spacing == "trailing":
-        return schedules.spaced_timesteps("trailing", num_train_timesteps, num_inference_steps, last_timestep=noisiest + 1)[::-1].copy()
-    points = schedules.spaced_timesteps(spacing, num_train_timesteps, num_inference_steps + 1, steps_offset, last_timestep=noisiest + 1)
+        return schedules.spaced_timesteps("trailing", num_train_timesteps, num_inference_steps,
+                                          last_timestep=noisiest + 1)[::-1].copy()
+    points = schedules.spaced_timesteps(spacing, num_train_timesteps, num_inference_steps + 1, steps_offset,
+                                        last_timestep=noisiest + 1)
     return points[::-1][:-1].copy()
 
 
@@ -81,8 +84,9 @@ class DPMSolverMultistepInverseScheduler(DPMSolverMultistepBase):
         self._init_solver()
         if self.stochastic:
             raise ValueError(
-                f"algorithm_type={self.config.algorithm_type!r} cannot run in reverse: its noise scale is the square root of a "
-                "negative number when λ decreases (diffusers returns NaN); use 'dpmsolver++' or 'dpmsolver'"
+                f"algorithm_type={self.config.algorithm_type!r} cannot run in reverse: its noise scale is "
+                "the square root of a negative number when λ decreases (diffusers returns NaN); "
+                "use 'dpmsolver++' or 'dpmsolver'"
             )
         self._flow_shift = float(flow_shift)
 
@@ -90,7 +94,8 @@ class DPMSolverMultistepInverseScheduler(DPMSolverMultistepBase):
         """Build the ascending inversion schedule. ``device`` is accepted for diffusers compatibility and ignored."""
         cfg = self.config
         n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
-        noisiest = cfg.num_train_timesteps - 1 - clipped_index(self.alphas_cumprod.astype(np.float32), cfg.lambda_min_clipped)
+        noisiest = cfg.num_train_timesteps - 1 - clipped_index(self.alphas_cumprod.astype(np.float32),
+                                                               cfg.lambda_min_clipped)
         ts = ascending_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset, noisiest)
         full = self._train_sigmas()
         if self.sigma_schedule is not None:
@@ -106,5 +111,6 @@ class DPMSolverMultistepInverseScheduler(DPMSolverMultistepBase):
             sigmas = np.append(np.interp(ts, np.arange(len(full)), full), full[noisiest])
         _, first = np.unique(ts, return_index=True)
         ts = ts[np.sort(first)].astype(np.int64)
-        orders = step_orders(len(ts), self.config["solver_order"], cfg.lower_order_final, cfg.euler_at_final, zero_final=False)
+        orders = step_orders(len(ts), self.config["solver_order"], cfg.lower_order_final, cfg.euler_at_final,
+                             zero_final=False)
         self._install_knots(ts, sigmas, orders)

@@ -67,7 +67,8 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
         >>> from mindscience_diffuser import EulerDiscreteScheduler
         >>> scheduler = EulerDiscreteScheduler(use_karras_sigmas=True)
         >>> scheduler.set_timesteps(10)
-        >>> x = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 8, 8)), ms.float32) * scheduler.init_noise_sigma
+        >>> noise = np.random.default_rng(0).standard_normal((1, 3, 8, 8))
+        >>> x = ms.Tensor(noise, ms.float32) * scheduler.init_noise_sigma
         >>> for t in scheduler.timesteps:
         ...     eps = 0.1 * scheduler.scale_model_input(x, t)  # stands in for a trained model
         ...     x = scheduler.step(eps, x, t)
@@ -107,7 +108,8 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
         check_choice("timestep_spacing", timestep_spacing, schedules.TIMESTEP_SPACINGS)
         check_choice("timestep_type", timestep_type, TIMESTEP_TYPES)
         check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
-        self.sigma_schedule = schedules.chosen_sigma_schedule(bool(use_karras_sigmas), bool(use_exponential_sigmas), bool(use_beta_sigmas))
+        self.sigma_schedule = schedules.chosen_sigma_schedule(bool(use_karras_sigmas), bool(use_exponential_sigmas),
+                                                              bool(use_beta_sigmas))
         for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
             if value is not None:
                 check_positive(name, value)
@@ -116,7 +118,8 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
         self._init_betas()
         # Before set_timesteps: every training step, as diffusers exposes it.
         train_sigmas = self.train_sigmas()
-        self._install(np.linspace(0, num_train_timesteps - 1, num_train_timesteps)[::-1].astype(np.float32), np.append(train_sigmas[::-1], 0.0).astype(np.float32), tables=False)
+        self._install(np.linspace(0, num_train_timesteps - 1, num_train_timesteps)[::-1].astype(np.float32),
+                      np.append(train_sigmas[::-1], 0.0).astype(np.float32), tables=False)
         self.num_inference_steps = None
 
     # -- host-side schedule ------------------------------------------------------------------
@@ -167,32 +170,41 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
         ``sigmas`` (explicit σ, including the final one; timesteps follow by log-σ interpolation).
         ``device`` is accepted for diffusers compatibility and ignored."""
         cfg = self.config
-        given = [name for name, value in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps), ("sigmas", sigmas)) if value is not None]
+        given = [name
+                 for name, value in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
+                                     ("sigmas", sigmas)) if value is not None]
         if len(given) != 1:
             raise ValueError(f"pass exactly one of num_inference_steps, timesteps or sigmas, got {given or 'none'}")
         if timesteps is not None and self.sigma_schedule is not None:
-            raise ValueError(f"custom timesteps cannot be combined with use_{self.sigma_schedule}_sigmas=True; pass sigmas instead")
+            raise ValueError(f"custom timesteps cannot be combined with use_{self.sigma_schedule}_sigmas=True; pass "
+                             "sigmas instead")
         if timesteps is not None and self._uses_continuous_v():
-            raise ValueError("custom timesteps cannot be combined with timestep_type='continuous' and prediction_type='v_prediction'")
+            raise ValueError("custom timesteps cannot be combined with timestep_type='continuous' and "
+                             "prediction_type='v_prediction'")
         train_sigmas = self.train_sigmas()
         log_sigmas = np.log(train_sigmas)
         if sigmas is not None:
             custom = np.asarray(sigmas, dtype=np.float64).reshape(-1)
-            if custom.size < 2 or not np.all(np.isfinite(custom)) or np.any(custom < 0) or np.any(custom[1:] > custom[:-1]):
-                raise ValueError(f"sigmas must be a non-increasing list of at least 2 non-negative values (the last is where sampling ends), got {list(sigmas)}")
+            if (custom.size < 2 or not np.all(np.isfinite(custom)) or np.any(custom < 0)
+                    or np.any(custom[1:] > custom[:-1])):
+                raise ValueError("sigmas must be a non-increasing list of at least 2 non-negative values (the last "
+                                 f"is where sampling ends), got {list(sigmas)}")
             custom = custom.astype(np.float32)
             self.num_inference_steps = custom.size - 1
             self._install(schedules.sigma_to_t(custom[:-1], log_sigmas), custom)
             return
         if timesteps is not None:
             steps = np.asarray(timesteps, dtype=np.float64).reshape(-1)
-            if steps.size < 1 or np.any(steps[1:] >= steps[:-1]) or steps[0] > cfg.num_train_timesteps - 1 or steps[-1] < 0:
-                raise ValueError(f"timesteps must be a strictly descending list in [0, {cfg.num_train_timesteps - 1}], got {list(timesteps)}")
+            if (steps.size < 1 or np.any(steps[1:] >= steps[:-1]) or steps[0] > cfg.num_train_timesteps - 1
+                    or steps[-1] < 0):
+                raise ValueError("timesteps must be a strictly descending list in [0, "
+                                 f"{cfg.num_train_timesteps - 1}], got {list(timesteps)}")
             steps = steps.astype(np.float32)
             n = steps.size
         else:
             n = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
-            steps = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset, round_linspace=False).astype(np.float32)
+            steps = schedules.spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset,
+                                               round_linspace=False).astype(np.float32)
         if cfg.interpolation_type == "linear":
             sig = np.interp(steps, np.arange(len(train_sigmas)), train_sigmas)
         else:
@@ -212,7 +224,8 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
         scaled = as_float32(sample) / ops.sqrt(sigma * sigma + 1.0)
         return scaled if sample.dtype == ms.float32 else scaled.astype(sample.dtype)
 
-    def construct(self, model_output: Tensor, sample: Tensor, step_index: Tensor, noise: Tensor, gamma: Tensor, s_noise: float = 1.0):
+    def construct(self, model_output: Tensor, sample: Tensor, step_index: Tensor, noise: Tensor, gamma: Tensor,
+                  s_noise: float = 1.0):
         """One Euler step from σ_i (``step_index``) to σ_{i+1} with churn factor ``gamma``
         (0: plain ODE step; ``noise`` is then ignored). Returns ``(prev_sample, pred_original_sample)``."""
         sigma = gather(self.sigma_table, step_index, sample)
@@ -225,7 +238,9 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
         prev = euler_update(x, denoised, sigma_hat, sigma_next)
         return self._cast(prev), self._cast(denoised)
 
-    def churn_gamma(self, step_index: int, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf")) -> float:
+    def churn_gamma(
+        self, step_index: int, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf")
+    ) -> float:
         """γ_i = min(s_churn/N, √2-1) when s_tmin ≤ σ_i ≤ s_tmax, else 0 (N = len(sigmas) - 1)."""
         sigma = float(self.sigmas[step_index])
         if not s_tmin <= sigma <= s_tmax:
@@ -235,11 +250,13 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
     # -- the sampling loop's part ------------------------------------------------------------
     loop_constants = {"s_noise": 1.0}
 
-    def loop_plan(self, num_inference_steps=None, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf")) -> LoopPlan:
+    def loop_plan(self, num_inference_steps=None, s_churn: float = 0.0, s_tmin: float = 0.0,
+                  s_tmax: float = float("inf")) -> LoopPlan:
         """The churn γ of each step in its knob; noise only if some γ > 0."""
         _check_churn(s_churn, s_tmin, s_tmax, 0.0)
         self.set_timesteps(num_inference_steps)
-        gammas = np.array([self.churn_gamma(i, s_churn, s_tmin, s_tmax) for i in range(len(self.timesteps))], np.float32)
+        gammas = np.array([self.churn_gamma(i, s_churn, s_tmin, s_tmax) for i in range(len(self.timesteps))],
+                          np.float32)
         return LoopPlan(self.timesteps, gammas, bool(np.any(gammas > 0)))
 
     def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
@@ -271,6 +288,7 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
         index = self._step_index_for(timestep, sample.shape[0])
         gamma = self.churn_gamma(index, s_churn, s_tmin, s_tmax)
         noise = self._noise_like(sample, generator, variance_noise) if gamma > 0 else self._zeros_like(sample)
-        prev, x0 = self(self._cast(model_output), self._cast(sample), Tensor(index, ms.int32), noise, Tensor(gamma, ms.float32), float(s_noise))
+        prev, x0 = self(self._cast(model_output), self._cast(sample), Tensor(index, ms.int32), noise,
+                        Tensor(gamma, ms.float32), float(s_noise))
         self._step_index = index + 1
         return self._pack(return_dict, SchedulerOutput, prev, x0)

@@ -40,13 +40,15 @@ def _alpha_bar_fn(kind: str) -> Callable[[float], float]:
     return laplace
 
 
-def betas_for_alpha_bar(num_train_timesteps: int, max_beta: float = 0.999, alpha_transform_type: str = "cosine") -> np.ndarray:
+def betas_for_alpha_bar(num_train_timesteps: int, max_beta: float = 0.999,
+                        alpha_transform_type: str = "cosine") -> np.ndarray:
     """β_i = min(1 - ᾱ((i+1)/T) / ᾱ(i/T), max_beta) for a continuous ᾱ(t) on [0, 1]."""
     check_choice("alpha_transform_type", alpha_transform_type, ALPHA_TRANSFORMS)
     alpha_bar = _alpha_bar_fn(alpha_transform_type)
     steps = np.arange(num_train_timesteps, dtype=np.float64)
     return np.array(
-        [min(1.0 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps), max_beta) for i in steps],
+        [min(1.0 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps), max_beta)
+         for i in steps],
         dtype=np.float64,
     )
 
@@ -112,8 +114,10 @@ def exponential_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: 
     return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_inference_steps))
 
 
-def beta_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
-    """σ_i = σ_min + F⁻¹_{Beta(α,β)}(1 - i/(N-1))·(σ_max - σ_min) (Lee et al. 2024, "Beta Sampling is All You Need")."""
+def beta_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int, alpha: float = 0.6,
+                beta: float = 0.6) -> np.ndarray:
+    """σ_i = σ_min + F⁻¹_{Beta(α,β)}(1 - i/(N-1))·(σ_max - σ_min)
+    (Lee et al. 2024, "Beta Sampling is All You Need")."""
     import scipy.stats
 
     ppf = scipy.stats.beta.ppf(1 - np.linspace(0, 1, num_inference_steps), alpha, beta)
@@ -141,17 +145,21 @@ def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
 SIGMA_SCHEDULES = {"karras": karras_sigmas, "exponential": exponential_sigmas, "beta": beta_sigmas}
 
 
-def chosen_sigma_schedule(use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False) -> Optional[str]:
+def chosen_sigma_schedule(use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False,
+                          use_beta_sigmas: bool = False) -> Optional[str]:
     """The one sigma schedule a config asks for, or None; more than one is a ``ValueError``."""
-    chosen = [name for name, on in (("karras", use_karras_sigmas), ("exponential", use_exponential_sigmas), ("beta", use_beta_sigmas)) if on]
+    chosen = [name
+              for name, on in (("karras", use_karras_sigmas), ("exponential", use_exponential_sigmas),
+                               ("beta", use_beta_sigmas)) if on]
     if len(chosen) > 1:
         raise ValueError(
-            "only one of use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas may be True, got " + ", ".join(f"use_{c}_sigmas" for c in chosen)
+            "only one of use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas may be True, got "
+            + ", ".join(f"use_{c}_sigmas" for c in chosen)
         )
     return chosen[0] if chosen else None
 
 
-# ----------------------------------------------------------------------------- float32 tables as diffusers' torch builds them
+# ------------------------------------------------------------------ float32 tables as diffusers' torch builds them
 
 def torch_linspace_float32(start: float, end: float, steps: int) -> np.ndarray:
     """``torch.linspace(start, end, steps, dtype=torch.float32)`` on CPU, bit for bit.
@@ -175,7 +183,10 @@ def float32_cumprod(values: np.ndarray) -> np.ndarray:
     return np.cumprod(np.asarray(values, np.float32).astype(np.float64)).astype(np.float32)
 
 
-def float32_betas(beta_schedule: str, num_train_timesteps: int, beta_start: float, beta_end: float, trained_betas=None, allowed=BETA_SCHEDULES) -> np.ndarray:
+def float32_betas(
+    beta_schedule: str, num_train_timesteps: int, beta_start: float, beta_end: float, trained_betas=None,
+    allowed=BETA_SCHEDULES,
+) -> np.ndarray:
     """The training noise schedule β_0..β_{T-1} as diffusers' torch schedulers hold it (float32).
 
     - ``trained_betas``: the given values (each in (0, 1)), overriding the named schedule;
@@ -215,8 +226,9 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
 
 
 def karras_ramp_sigmas(ramp: np.ndarray, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
-    """Karras et al. 2022, eq. 5 at arbitrary ramp positions u ∈ [0, 1]: (σ_max^{1/ρ} + u·(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ
-    (the consistency-model sampler places u at its own training steps)."""
+    """Karras et al. 2022, eq. 5 at arbitrary ramp positions u ∈ [0, 1]:
+    (σ_max^{1/ρ} + u·(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ (the consistency-model sampler places u at its own
+    training steps)."""
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + np.asarray(ramp, np.float64) * (lo - hi)) ** rho
 

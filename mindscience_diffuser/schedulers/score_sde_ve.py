@@ -64,7 +64,8 @@ class ScoreSdeVeScheduler(SchedulerBase):
         >>> from mindscience_diffuser import ScoreSdeVeScheduler
         >>> scheduler = ScoreSdeVeScheduler()
         >>> scheduler.set_timesteps(5); scheduler.set_sigmas(5)
-        >>> x = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 8, 8)), ms.float32) * scheduler.init_noise_sigma
+        >>> noise = np.random.default_rng(0).standard_normal((1, 3, 8, 8))
+        >>> x = ms.Tensor(noise, ms.float32) * scheduler.init_noise_sigma
         >>> for i, t in enumerate(scheduler.timesteps):
         ...     score = -x / float(scheduler.sigmas[i] ** 2 + 1)  # stands in for a score model
         ...     x = scheduler.step_correct(score, x, generator=i)
@@ -98,7 +99,8 @@ class ScoreSdeVeScheduler(SchedulerBase):
 
     @staticmethod
     def _check_sigmas(sigma_min, sigma_max, sampling_eps) -> None:
-        if sigma_min is not None and sigma_max is not None and not check_positive("sigma_max", sigma_max) > check_positive("sigma_min", sigma_min):
+        if (sigma_min is not None and sigma_max is not None
+                and not check_positive("sigma_max", sigma_max) > check_positive("sigma_min", sigma_min)):
             raise ValueError(f"sigma_max ({sigma_max}) must be larger than sigma_min ({sigma_min})")
         if sampling_eps is not None and not 0 < check_positive("sampling_eps", sampling_eps) <= 1:
             raise ValueError(f"sampling_eps must lie in (0, 1], got {sampling_eps!r}")
@@ -115,7 +117,8 @@ class ScoreSdeVeScheduler(SchedulerBase):
         # The predictor maps t to a discrete level with the length of *this* list.
         self._set_table("time_to_index_scale", np.array([n - 1], np.float32))
 
-    def set_sigmas(self, num_inference_steps: int, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None, sampling_eps: Optional[float] = None) -> None:
+    def set_sigmas(self, num_inference_steps: int, sigma_min: Optional[float] = None,
+                   sigma_max: Optional[float] = None, sampling_eps: Optional[float] = None) -> None:
         """The noise levels: ``discrete_sigmas`` geometric from σ_min to σ_max (N levels, used by
         the predictor) and ``sigmas`` = σ_min·(σ_max/σ_min)^t at the current timesteps (the
         model's conditioning). Sets N timesteps first if none are set."""
@@ -156,7 +159,8 @@ class ScoreSdeVeScheduler(SchedulerBase):
         if not isinstance(timestep, Tensor):
             values = np.asarray(timestep, np.float64).reshape(-1)
             if np.any(values < 0) or np.any(values > 1):
-                raise ValueError(f"timestep must be a continuous time in [0, 1] (one of scheduler.timesteps), got {timestep!r}")
+                raise ValueError("timestep must be a continuous time in [0, 1] (one of scheduler.timesteps), got "
+                                 f"{timestep!r}")
         return self._timestep_tensor(timestep, batch, ms.float32)
 
     def step_pred(
@@ -228,12 +232,14 @@ class ScoreSdeVeScheduler(SchedulerBase):
         return state[0]
 
     def step(self, *args, **kwargs):
-        raise TypeError("ScoreSdeVeScheduler has no single step: call step_correct (the Langevin corrector) correct_steps times, then step_pred (the predictor)")
+        raise TypeError("ScoreSdeVeScheduler has no single step: call step_correct (the Langevin corrector) "
+                        "correct_steps times, then step_pred (the predictor)")
 
     def _noise_scales(self, timesteps, like: Tensor):
         """(1, σ_i) at discrete level indices ``timesteps``: x = x0 + σ_i·ε."""
         index = np.asarray(timesteps.asnumpy() if isinstance(timesteps, Tensor) else timesteps, np.int64).reshape(-1)
         if np.any(index < 0) or np.any(index >= len(self.discrete_sigmas)):
-            raise ValueError(f"timesteps must be level indices in [0, {len(self.discrete_sigmas) - 1}], got {index.tolist()}")
+            raise ValueError(f"timesteps must be level indices in [0, {len(self.discrete_sigmas) - 1}], got "
+                             f"{index.tolist()}")
         sigma = np.broadcast_to(self.discrete_sigmas[index], (like.shape[0],)).astype(np.float32)
         return Tensor(1.0, like.dtype), broadcast_to_sample(Tensor(sigma, like.dtype), like)

@@ -1,14 +1,29 @@
 """Training: ``DiffusionTrainer``, field datasets, synthetic scientific fields and quality evaluation."""
-from .datasets import ArrayDataset, BatchOrder, FieldDataset, ImageFolderDataset, SyntheticFieldDataset, as_dataset, load_fields
-from .recipes import dataset_from_spec, generate_samples, small_unet_config
-from .evaluation import evaluate, histogram_l1, plot_spectra, radial_power_spectrum, spectrum_relative_error, wasserstein1
+from .datasets import (
+    ArrayDataset,
+    BatchOrder,
+    FieldDataset,
+    ImageFolderDataset,
+    SyntheticFieldDataset,
+    as_dataset,
+    load_fields,
+)
+from .evaluation import (
+    evaluate,
+    histogram_l1,
+    plot_spectra,
+    radial_power_spectrum,
+    spectrum_relative_error,
+    wasserstein1,
+)
 from .fields import darcy_permeability, gaussian_random_field, generate_fields, power_law_spectrum
+from .recipes import dataset_from_spec, generate_samples, small_unet_config
 from .trainer import DiffusionLoss, DiffusionTrainer, TrainerConfig, latest_checkpoint, learning_rate_at, snr_weights
 
 __all__ = [
     "DiffusionTrainer", "TrainerConfig", "DiffusionLoss", "snr_weights", "learning_rate_at", "latest_checkpoint",
-    "FieldDataset", "ArrayDataset", "ImageFolderDataset", "SyntheticFieldDataset", "BatchOrder", "as_dataset", "load_fields",
-    "dataset_from_spec", "generate_samples", "small_unet_config",
+    "FieldDataset", "ArrayDataset", "ImageFolderDataset", "SyntheticFieldDataset", "BatchOrder", "as_dataset",
+    "load_fields", "dataset_from_spec", "generate_samples", "small_unet_config",
     "gaussian_random_field", "darcy_permeability", "generate_fields", "power_law_spectrum",
     "evaluate", "plot_spectra", "radial_power_spectrum", "spectrum_relative_error", "wasserstein1", "histogram_l1",
 ]

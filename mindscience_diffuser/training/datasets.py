@@ -109,7 +109,8 @@ class ImageFolderDataset(FieldDataset):
     """Every image file in ``folder`` (sorted by name), resized to ``size`` (int or (H, W)) if
     given, converted to ``mode`` ("L": 1 channel, "RGB": 3) and scaled from [0, 255] to [-1, 1]."""
 
-    def __init__(self, folder: Union[str, os.PathLike], size: Optional[Union[int, Sequence[int]]] = None, mode: str = "RGB"):
+    def __init__(self, folder: Union[str, os.PathLike], size: Optional[Union[int, Sequence[int]]] = None,
+                 mode: str = "RGB"):
         from PIL import Image
 
         folder = Path(folder)
@@ -226,5 +227,6 @@ class BatchOrder:
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         if int(state["seed"]) != self.seed:
-            raise ValueError(f"checkpoint data order seed {state['seed']} differs from this trainer's seed {self.seed}")
+            raise ValueError(f"checkpoint data order seed {state['seed']} differs from this trainer's seed "
+                             f"{self.seed}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

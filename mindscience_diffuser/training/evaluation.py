@@ -11,6 +11,7 @@ import numpy as np
 
 from .datasets import as_field_array
 
+
 def _as_fields(fields, name: str) -> np.ndarray:
     """(N, C, H, W) float64 from a (N, C, H, W) / (N, H, W) array or a MindSpore Tensor."""
     if hasattr(fields, "asnumpy"):
@@ -52,7 +53,8 @@ def spectrum_relative_error(generated, reference, reduce: str = "mean") -> float
 
 def _check_same_grid(a: np.ndarray, b: np.ndarray) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"generated and reference fields must have the same spatial size, got spectra of {a.size} and {b.size} shells")
+        raise ValueError(f"generated and reference fields must have the same spatial size, got spectra of {a.size} "
+                         f"and {b.size} shells")
 
 
 def wasserstein1(generated, reference, num_quantiles: int = 1000) -> float:
@@ -91,7 +93,8 @@ def evaluate(generated, reference) -> Dict[str, Union[float, np.ndarray]]:
     gen = _as_fields(generated, "generated")
     ref = _as_fields(reference, "reference")
     if gen.shape[1:] != ref.shape[1:]:
-        raise ValueError(f"generated and reference fields must have the same (C, H, W), got {gen.shape[1:]} and {ref.shape[1:]}")
+        raise ValueError(f"generated and reference fields must have the same (C, H, W), got {gen.shape[1:]} and "
+                         f"{ref.shape[1:]}")
     k, p_gen = radial_power_spectrum(gen)
     _, p_ref = radial_power_spectrum(ref)
     rel = np.abs(p_gen - p_ref) / p_ref
@@ -127,7 +130,8 @@ def plot_spectra(*args, title: str = "Radially averaged power spectrum") -> None
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise ImportError("plot_spectra needs matplotlib (pip install matplotlib); it is not a package dependency") from err
+        raise ImportError("plot_spectra needs matplotlib (pip install matplotlib); it is not a package "
+                          "dependency") from err
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=110)
     ax.loglog(result["k"], result["spectrum_reference"], "k-o", ms=3, label="reference (held out)")
     ax.loglog(result["k"], result["spectrum_generated"], "C3--s", ms=3, label="generated")

@@ -7,7 +7,7 @@ Everything here is host-side numpy (float64 internally, float32 out) and reprodu
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import numpy as np
 
@@ -54,7 +54,8 @@ def gaussian_random_field(
     elif isinstance(spectrum, (int, float)) and not isinstance(spectrum, bool):
         power_fn = power_law_spectrum(spectrum)
     else:
-        raise TypeError(f"spectrum must be a power-law exponent (float) or a callable P(k), got {type(spectrum).__name__}")
+        raise TypeError("spectrum must be a power-law exponent (float) or a callable P(k), got "
+                        f"{type(spectrum).__name__}")
     rng = as_numpy_generator(generator)
     power = np.asarray(power_fn(wavenumber_grid(size)), dtype=np.float64)
     if power.shape != (size, size) or np.any(power < 0) or not np.all(np.isfinite(power)):

@@ -3,7 +3,7 @@ for evaluation (the command line's ``train`` is :func:`mindscience_diffuser.cli.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Union
+from typing import Dict, Union
 
 import numpy as np
 
@@ -27,7 +27,8 @@ def small_unet_config(in_channels: int = 1, sample_size: int = 32) -> Dict:
     )
 
 
-def dataset_from_spec(spec: Union[str, os.PathLike], num_samples: int = 2048, size: int = 32, seed: int = 0) -> FieldDataset:
+def dataset_from_spec(spec: Union[str, os.PathLike], num_samples: int = 2048, size: int = 32,
+                      seed: int = 0) -> FieldDataset:
     """``"synthetic:grf"`` / ``"synthetic:darcy"`` (generated from ``seed``), or a .npy/.npz
     file / image folder / image file read with :func:`load_fields`."""
     text = str(spec)
@@ -53,7 +54,8 @@ def generate_samples(unet, scheduler, num_samples: int, num_inference_steps: int
     done = 0
     while done < num_samples:
         n = min(batch_size, num_samples - done)
-        fields = pipe(batch_size=n, num_inference_steps=num_inference_steps, generator=rng, output_type="latent").images
+        fields = pipe(batch_size=n, num_inference_steps=num_inference_steps, generator=rng,
+                      output_type="latent").images
         chunks.append(fields.asnumpy())
         done += n
     return np.concatenate(chunks)

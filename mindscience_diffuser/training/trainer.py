@@ -235,8 +235,8 @@ class TrainerConfig:
         lr_decay_steps: decay over only this many final steps (an int >= 1 that fits after the
             warm-up; ``None``: every step after the warm-up); only with a decaying ``lr_schedule``.
         seed: fixes the batch order and every noise/timestep draw (an int >= 0).
-        output_dir: a path (str or ``os.PathLike``) where ``checkpoint-<step>`` directories go (``None``: no checkpoints); must
-            not be an existing file (``OSError``).
+        output_dir: a path (str or ``os.PathLike``) where ``checkpoint-<step>`` directories go (``None``: no
+            checkpoints); must not be an existing file (``OSError``).
         checkpoint_every: save every this many steps (an int >= 1; ``None``: only when
             :meth:`DiffusionTrainer.train` returns, which always saves).
         keep_checkpoints: how many recent checkpoints to keep (an int >= 1; older ones are deleted).
@@ -291,7 +291,8 @@ class TrainerConfig:
         optional("lr_decay_steps", integer=True)
         if self.lr_schedule != "constant":
             if self.num_training_steps is None:
-                raise ValueError(f"lr_schedule={self.lr_schedule!r} needs num_training_steps (the step where the learning rate reaches 0)")
+                raise ValueError(f"lr_schedule={self.lr_schedule!r} needs num_training_steps (the step where the "
+                                 "learning rate reaches 0)")
             room = self.num_training_steps - self.warmup_steps
             if room < 1 or (self.lr_decay_steps is not None and self.lr_decay_steps > room):
                 raise ValueError(
@@ -312,12 +313,14 @@ class TrainerConfig:
         store("seed", check_positive("seed", self.seed, integer=True, allow_zero=True))
         if self.output_dir is not None:
             if not isinstance(self.output_dir, (str, os.PathLike)):
-                raise ArgumentTypeError(f"output_dir must be None or a path (str or os.PathLike), got {type(self.output_dir).__name__}")
+                raise ArgumentTypeError("output_dir must be None or a path (str or os.PathLike), got "
+                                        f"{type(self.output_dir).__name__}")
             store("output_dir", Path(self.output_dir))
             if self.output_dir.is_file():
                 raise OSError(f"output_dir must be a directory, but {self.output_dir} is a file")
         if not isinstance(self.data_parallel, (bool, np.bool_)):
-            raise ArgumentTypeError(f"data_parallel must be True or False, got {type(self.data_parallel).__name__} {self.data_parallel!r}")
+            raise ArgumentTypeError(f"data_parallel must be True or False, got {type(self.data_parallel).__name__} "
+                                    f"{self.data_parallel!r}")
         store("data_parallel", bool(self.data_parallel))
 
     def hparams(self) -> Dict[str, object]:
@@ -411,7 +414,8 @@ class DiffusionTrainer:
         self.ema_params = None
         if config.ema_decay is not None:
             self.ema_params = ms.ParameterTuple(
-                Parameter(Tensor(p.asnumpy()), name="ema." + key, requires_grad=False) for key, p in zip(self._ema_keys, params)
+                Parameter(Tensor(p.asnumpy()), name="ema." + key, requires_grad=False)
+                for key, p in zip(self._ema_keys, params)
             )
         weights = snr_weights(scheduler.alphas_cumprod, prediction_type, config.weighting, config.min_snr_gamma,
                               config.p2_gamma, config.p2_k)
@@ -443,7 +447,8 @@ class DiffusionTrainer:
     def current_learning_rate(self) -> float:
         """The learning rate the next optimizer step uses (see :func:`learning_rate_at`)."""
         c = self.config
-        return learning_rate_at(self.step, c.learning_rate, c.warmup_steps, c.lr_schedule, c.num_training_steps, c.lr_decay_steps)
+        return learning_rate_at(self.step, c.learning_rate, c.warmup_steps, c.lr_schedule, c.num_training_steps,
+                                c.lr_decay_steps)
 
     def train_step(self, batch) -> float:
         """One optimizer step on ``batch`` (a (B, C, H, W) array or Tensor); returns the loss."""
@@ -454,7 +459,8 @@ class DiffusionTrainer:
         self.optimizer.learning_rate.set_data(Tensor(self.current_learning_rate(), ms.float32))
         ema_decay = self.config.ema_decay
         decay = 0.0 if ema_decay is None else min(ema_decay, (1.0 + self.step) / (10.0 + self.step))
-        loss = self._compiled_step(Tensor(x0.astype(np.float32)), Tensor(noise), Tensor(timesteps), Tensor(decay, ms.float32))
+        loss = self._compiled_step(Tensor(x0.astype(np.float32)), Tensor(noise), Tensor(timesteps),
+                                   Tensor(decay, ms.float32))
         self.step += 1
         value = float(loss.asnumpy())
         self.history.append((self.step, value))
@@ -465,7 +471,8 @@ class DiffusionTrainer:
     def _check_dataset(self, data: FieldDataset) -> None:
         in_channels = getattr(getattr(self.model, "config", None), "get", lambda *_: None)("in_channels")
         if in_channels is not None and data.sample_shape[0] != in_channels:
-            raise ValueError(f"dataset has {data.sample_shape[0]} channels but the model's in_channels is {in_channels}")
+            raise ValueError(f"dataset has {data.sample_shape[0]} channels but the model's in_channels is "
+                             f"{in_channels}")
 
     def train(
         self,
@@ -529,7 +536,8 @@ class DiffusionTrainer:
             raise SystemExit(128 + signals[0])
         return self.history
 
-    def _train_loop(self, data, num_steps, start, begun, signals, log_every, callback, stop_after, max_seconds) -> None:
+    def _train_loop(self, data, num_steps, start, begun, signals, log_every, callback, stop_after,
+                    max_seconds) -> None:
         """The loop of :meth:`train`, until ``num_steps``, a stop condition or a stop request in ``signals``."""
         while self.step < num_steps and not signals:
             if stop_after is not None and self.step - start >= stop_after:
@@ -584,11 +592,15 @@ class DiffusionTrainer:
             raise OSError(f"save_directory must be a directory, but {directory} is a file")
         scheduler = self.scheduler if scheduler is None else scheduler
         if scheduler is not self.scheduler:
-            trained = {k: self.scheduler.config.get(k) for k in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")}
+            trained = {k: self.scheduler.config.get(k)
+                       for k in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")}
             shipped = {k: scheduler.config.get(k) for k in trained}
             table = getattr(scheduler, "alphas_cumprod", None)
-            if shipped != trained or table is None or not np.allclose(np.asarray(table), np.asarray(self.scheduler.alphas_cumprod)):
-                raise ValueError(f"scheduler must keep the training noise schedule and prediction_type {trained}, got {shipped}")
+            ours = np.asarray(self.scheduler.alphas_cumprod)
+            same_table = table is not None and np.allclose(np.asarray(table), ours)
+            if shipped != trained or not same_table:
+                raise ValueError(f"scheduler must keep the training noise schedule and prediction_type {trained}, "
+                                 f"got {shipped}")
         model = self.ema_model() if use_ema else self.model
         return save_pipeline_folder(directory, pipeline_class, {"unet": model, "scheduler": scheduler})
 
@@ -654,7 +666,8 @@ class DiffusionTrainer:
             raise OSError(f"cannot read {state_path}: {err}") from err
         seed = self.config.seed
         if state.get("hparams", {}).get("seed", seed) != seed:
-            raise ValueError(f"checkpoint was trained with seed {state['hparams']['seed']}, this trainer has seed {seed}")
+            raise ValueError(f"checkpoint was trained with seed {state['hparams']['seed']}, this trainer has seed "
+                             f"{seed}")
         ema = None
         if self.ema_params is not None:  # checked before anything is restored
             ema = read_weights(directory / EMA_DIR)

@@ -94,7 +94,8 @@ def record_published(case):
     _, torch_sample, _ = _published_loop(case, generator=torch.manual_seed(0))
     torch_sum, torch_mean = torch.sum(torch.abs(torch_sample)).item(), torch.mean(torch.abs(torch_sample)).item()
     if not published.get("uses_torch_noise"):
-        assert abs(torch_sum - published["sum"]) < 1e-2 and abs(torch_mean - published["mean"]) < 1e-3, (case["name"], torch_sum, torch_mean)
+        close = abs(torch_sum - published["sum"]) < 1e-2 and abs(torch_mean - published["mean"]) < 1e-3
+        assert close, (case["name"], torch_sum, torch_mean)
     sched, sample, noises = _published_loop(case, tape=NoiseTape(case.get("seed", 0) + 1000))
     return {
         "timesteps": sched.timesteps.numpy().astype(np.float64),
@@ -107,7 +108,8 @@ def record_published(case):
     }
 
 
-def published_case(name, cls, config, set_timesteps, expected_sum, expected_mean, randn_modules=(), uses_torch_noise=False, feed_scaled=False):
+def published_case(name, cls, config, set_timesteps, expected_sum, expected_mean, randn_modules=(),
+                   uses_torch_noise=False, feed_scaled=False):
     """A published full-loop test as a golden case (see :func:`record_published`)."""
     return {
         "name": name,
@@ -115,7 +117,8 @@ def published_case(name, cls, config, set_timesteps, expected_sum, expected_mean
         "config": config,
         "set_timesteps": set_timesteps,
         "recorder": "golden_cases.consistency:record_published",
-        "published": {"sum": expected_sum, "mean": expected_mean, "uses_torch_noise": uses_torch_noise, "feed_scaled": feed_scaled},
+        "published": {"sum": expected_sum, "mean": expected_mean, "uses_torch_noise": uses_torch_noise,
+                      "feed_scaled": feed_scaled},
         "randn_modules": list(randn_modules),
     }
 
@@ -126,5 +129,6 @@ def published_cases():
     return [
         published_case("published-onestep", cls, config, {"num_inference_steps": 1}, 192.7614, 0.2510, RANDN),
         # Two steps draw torch noise between them: the published 347.6357 needs torch's generator.
-        published_case("published-multistep", cls, config, {"timesteps": [106, 0]}, 347.6357, 0.4527, RANDN, uses_torch_noise=True),
+        published_case("published-multistep", cls, config, {"timesteps": [106, 0]}, 347.6357, 0.4527, RANDN,
+                       uses_torch_noise=True),
     ]

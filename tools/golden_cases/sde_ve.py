@@ -68,18 +68,22 @@ def record_pc_loop(case):
             ins, outs, nexts = [], [], []
             for _ in range(k):
                 m = score_model(x, sigma_t, kind)
-                ins.append(x.numpy().copy()); outs.append(m.numpy().copy())
+                ins.append(x.numpy().copy())
+                outs.append(m.numpy().copy())
                 x = sched.step_correct(m, x).prev_sample
                 nexts.append(x.numpy().copy())
             m = score_model(x, sigma_t, kind)
-            ins.append(x.numpy().copy()); outs.append(m.numpy().copy())
+            ins.append(x.numpy().copy())
+            outs.append(m.numpy().copy())
             out = sched.step_pred(m, t, x)
             x = out.prev_sample
             nexts.append(x.numpy().copy())
             drawn = tape.take()
             assert len(drawn) == k + 1, (case["name"], len(drawn))
-            rec["sub_inputs"].append(np.stack(ins)); rec["sub_model_outputs"].append(np.stack(outs))
-            rec["sub_outputs"].append(np.stack(nexts)); rec["noise"].append(np.stack(drawn))
+            rec["sub_inputs"].append(np.stack(ins))
+            rec["sub_model_outputs"].append(np.stack(outs))
+            rec["sub_outputs"].append(np.stack(nexts))
+            rec["noise"].append(np.stack(drawn))
             rec["prev_mean"].append(out.prev_sample_mean.numpy().copy())
             xs.append(x.numpy().copy())
     finally:
@@ -127,5 +131,7 @@ def cases():
         _case("rank3", shape=[2, 5, 3], steps=5),
         _case("rank5", {"correct_steps": 2}, shape=[2, 2, 2, 3, 3], steps=4),
         # diffusers' test_full_loop_no_noise: published 14372758528.0 / 18714530.0 with torch.manual_seed(0).
-        _case("published", {"num_train_timesteps": 2000, "snr": 0.15, "sigma_min": 0.01, "sigma_max": 1348, "sampling_eps": 1e-5}, steps=3, published=True),
+        _case("published",
+              {"num_train_timesteps": 2000, "snr": 0.15, "sigma_min": 0.01, "sigma_max": 1348, "sampling_eps": 1e-5},
+              steps=3, published=True),
     ]
