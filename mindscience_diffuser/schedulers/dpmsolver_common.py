@@ -419,7 +419,7 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         The first call finds its step index from ``timestep`` (or ``set_begin_index``); later
         calls increment it. SDE variants draw their noise from ``generator`` unless
         ``variance_noise`` is given. Returns the sample (``return_dict=None``), a
-        :class:`SchedulerOutput` (``True``) or ``(prev_sample, pred_original_sample)`` (``False``).
+        :class:`SchedulerOutput` (``True``) or ``(prev_sample,)`` (``False``, as diffusers).
         """
         self._check_ready()
         learned = self.config["variance_type"] in LEARNED_VARIANCES
