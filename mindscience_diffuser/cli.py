@@ -234,6 +234,29 @@ def cmd_train(opts: argparse.Namespace) -> int:
     with ``--prediction-type`` (x0 clipping only for image data) and a ``DiffusionTrainer``;
     train ``--steps`` steps with checkpoints under ``--output`` (resuming from the newest one
     with ``--resume``) and export the EMA model as the pipeline folder ``OUTPUT/final``."""
+    import shutil
+
+    from .training.trainer import CHECKPOINT_PREFIX, STATE_NAME, latest_checkpoint
+
+    output = Path(opts.output)
+    # Every checkpoint-* folder, complete or not: a fresh run would prune the older run's.
+    earlier = sorted(p.name for p in output.glob(CHECKPOINT_PREFIX + "*")) if output.is_dir() else []
+    if earlier and not opts.resume and not opts.overwrite:
+        raise UsageError(f"{output} already holds checkpoints of an earlier run ({', '.join(earlier[:3])}"
+                         f"{', ...' if len(earlier) > 3 else ''}); pass --resume to continue it, or --overwrite to replace it")
+    resume_from = latest_checkpoint(output) if opts.resume else None
+    if resume_from is not None:
+        from .configuration import _read_json
+
+        done = int(_read_json(resume_from / STATE_NAME)["step"])
+        if done >= opts.steps:
+            print(f"nothing to train: {resume_from} is at step {done}, --steps is {opts.steps}")
+            return 0
+        if not opts.quiet:
+            print(f"resuming from {resume_from} (step {done} of {opts.steps})")
+    elif opts.resume and not opts.quiet:
+        print(f"no checkpoint in {output} to resume from: starting at step 0")
+
     _set_mode(opts.mode)
     import mindspore as ms
 
@@ -259,10 +282,25 @@ def cmd_train(opts: argparse.Namespace) -> int:
         weighting=None if opts.weighting == "none" else opts.weighting,
         ema_decay=opts.ema_decay, seed=opts.seed, output_dir=opts.output, checkpoint_every=opts.checkpoint_every,
     )
-    trainer.train(data, opts.steps, resume_from="latest" if opts.resume else None, log_every=None if opts.quiet else 10)
+    if earlier and opts.overwrite and not opts.resume:
+        for name in earlier:
+            shutil.rmtree(output / name)
+    start = done if resume_from is not None else 0
+    try:
+        trainer.train(data, opts.steps, resume_from=resume_from, log_every=None if opts.quiet else 10)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # The trainer finished the step in flight and checkpointed it before raising.
+        code = 130 if isinstance(stop, KeyboardInterrupt) else stop.code
+        checkpoint = latest_checkpoint(output)
+        where = f"checkpoint {checkpoint}" if checkpoint is not None else "no checkpoint written"
+        args = [a for a in getattr(opts, "argv", []) if a not in ("--resume", "--overwrite")]
+        print(f"stopped after step {trainer.step}; {where}; resume with: mindscience-diffuser {' '.join(args)} --resume",
+              file=sys.stderr)
+        return code
     final = trainer.save_pretrained(Path(opts.output) / "final")
     if not opts.quiet:
-        print(f"trained {trainer.step} steps; pipeline written to {final}")
+        done = f"{trainer.step - start} steps ({start + 1} to {trainer.step})" if start else f"{trainer.step} steps"
+        print(f"trained {done}; pipeline written to {final}")
     return 0
 
 
@@ -431,6 +469,7 @@ COMMANDS: Tuple[Command, ...] = (
         Option("ema_decay", "EMA decay", _number, default=0.999),
         Option("checkpoint_every", "steps between checkpoints", _positive_int, default=200),
         Option("resume", "continue from the checkpoint in --output", _boolean, default=False),
+        Option("overwrite", "start afresh in an --output that holds an earlier run's checkpoints (they are deleted)", _boolean, default=False),
         Option("seed", "random seed", _integer, default=0),
     )),
     Command("evaluate", "compare generated fields with reference fields (power spectrum, histogram)", cmd_evaluate, _common() + (
@@ -513,6 +552,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise UsageError(f"{command.name} needs {option.flag}")
     for name, value in values.items():
         setattr(opts, name, value)
+    opts.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that resumes a run
     return opts
 
 

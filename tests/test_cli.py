@@ -226,3 +226,63 @@ def test_a_bad_flag_is_one_error_line_and_status_2(capsys):
     assert run("sample", "--compute-dtype", "float64") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert [line for line in err if "error:" in line] == [err[-1]] and "invalid choice" in err[-1]
+
+
+TRAIN = ["--batch-size", 2, "--num-samples", 4, "--resolution", 8, "--mode", "pynative", "--quiet"]
+
+
+def test_train_refuses_an_earlier_runs_checkpoints_unless_resume_or_overwrite(tmp_path, capsys):
+    """A second run into the same --output would prune the first run's checkpoints: refused."""
+    out = tmp_path / "run"
+    assert run("train", "--output", out, "--steps", 2, "--checkpoint-every", 1, *TRAIN) == 0
+    before = sorted(p.name for p in out.glob("checkpoint-*"))
+    capsys.readouterr()
+    assert run("train", "--output", out, "--steps", 3, "--checkpoint-every", 1, *TRAIN) == 2
+    err = capsys.readouterr().err
+    assert "already holds checkpoints" in err and "--resume" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == before
+    assert run("train", "--output", out, "--steps", 1, "--checkpoint-every", 1, "--overwrite", *TRAIN) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_resume_names_its_checkpoint_and_a_finished_run_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--output", out, "--steps", 2, "--checkpoint-every", 2, *TRAIN) == 0
+    capsys.readouterr()
+    assert run("train", "--output", out, "--steps", 3, "--checkpoint-every", 2, "--resume", *TRAIN[:-1]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming from {out / 'checkpoint-2'} (step 2 of 3)" in printed and "trained 1 steps (3 to 3)" in printed
+    assert run("train", "--output", out, "--steps", 2, "--resume", *TRAIN) == 0
+    printed = capsys.readouterr().out
+    assert f"nothing to train: {out / 'checkpoint-3'} is at step 3, --steps is 2" in printed and "trained" not in printed
+
+
+CTRL_C_SCRIPT = """
+import os, signal, sys
+from mindscience_diffuser import cli
+from mindscience_diffuser.training import DiffusionTrainer
+
+step = DiffusionTrainer.train_step
+
+def ctrl_c_at_step_3(self, batch):
+    loss = step(self, batch)
+    print("finished step", self.step, flush=True)
+    if self.step == 3:
+        os.kill(os.getpid(), signal.SIGINT)
+    return loss
+
+DiffusionTrainer.train_step = ctrl_c_at_step_3
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_during_train_checkpoints_says_how_to_resume_and_exits_130(tmp_path):
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    out = tmp_path / "run"
+    args = ["train", "--output", str(out), "--steps", "50", "--checkpoint-every", "100", *map(str, TRAIN)]
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 130, (result.returncode, result.stdout, result.stderr[-2000:])
+    assert [line for line in result.stdout.splitlines() if line.startswith("finished")][-1] == "finished step 3"
+    assert f"stopped after step 3; checkpoint {out / 'checkpoint-3'}; resume with: mindscience-diffuser train" in result.stderr
+    assert result.stderr.rstrip().endswith("--resume") and "Traceback" not in result.stderr
