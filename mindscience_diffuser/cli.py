@@ -11,11 +11,11 @@ file and renamed, so a failure never leaves a half-written file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import DEFAULT_MODEL_PATH
+from .io_utils import atomic_file
 
 PIPELINES = {
     "ddim": ("DDIMPipeline", "DDIMScheduler"),
@@ -119,19 +120,36 @@ def _existing_path(text: str) -> Path:
     return path
 
 
+def _check_output(value: Any, flag: str) -> Optional[Path]:
+    """``value`` as an output file path, checked before any compute starts: not a folder, in a
+    folder that exists and is writable. None when the option is not given."""
+    if value in (None, ""):
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file path")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write to the folder {folder} (permission denied)")
+    return path
+
+
+def _write_all(writes: List[Tuple[Path, Callable[[Path], None]]]) -> None:
+    """Each ``write(tmp)`` writes a temporary file next to its ``path``; only when all of them
+    succeeded are they renamed into place, so a command writes all of its outputs or none.
+    Files get the user's umask and errors name the user's paths (:func:`io_utils.atomic_file`)."""
+    with contextlib.ExitStack() as stack:
+        staged = [(stack.enter_context(atomic_file(path)), write) for path, write in writes]
+        for tmp, write in staged:
+            write(tmp)
+
+
 def _atomic_output(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise UsageError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=str(path.parent or "."))
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``path`` via a temporary file in the same folder, renamed over it at the end."""
+    path = _check_output(path, "output")
+    _write_all([(path, write)])
     return path
 
 
@@ -191,12 +209,32 @@ def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
 
 # ----------------------------------------------------------------------------- outputs
 
-def save_npy(path: Path, array: np.ndarray) -> Path:
+def _npy_writer(array: np.ndarray) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
+        with open(tmp, "wb") as handle:  # a handle: np.save would append ".npy" to the name
             np.save(handle, array)
 
-    return _atomic_output(path, write)
+    return write
+
+
+def save_npy(path: Path, array: np.ndarray) -> Path:
+    return _atomic_output(path, _npy_writer(array))
+
+
+def _ckpt_writer(cell) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        import mindspore as ms
+
+        # save_checkpoint appends ".ckpt" to any other name and leaves the file read-only (0o400).
+        named = tmp.with_name(tmp.name + ".ckpt")
+        try:
+            ms.save_checkpoint(cell, str(named))
+            os.replace(named, tmp)
+        finally:
+            if named.exists():
+                named.unlink()
+
+    return write
 
 
 # ----------------------------------------------------------------------------- sub-commands
@@ -207,6 +245,7 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     from .pipelines.pipeline_utils import to_images
 
     model = _model_dir(opts.model)
+    output, save_npy_path = _check_output(opts.output, "--output"), _check_output(opts.save_npy, "--save-npy")
     pipeline = opts.pipeline or _model_pipeline(model)
     pipe = _build_pipeline(model, pipeline, opts.compute_dtype)
     pipe.set_progress_bar_config(disable=opts.quiet)
@@ -219,13 +258,14 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     samples = pipe(**kwargs).images
     seconds = time.perf_counter() - start
     images = to_images(samples, "np", scale_from_signed=pipe.signed_output)
-    out = _atomic_output(Path(opts.output), lambda tmp: imaging.save_png(tmp, images, scale=opts.scale))
-    if opts.save_npy:
+    writes = [(output, lambda tmp: imaging.save_png(tmp, images, scale=opts.scale))]
+    if save_npy_path:
         # Model space (B, C, H, W), unclipped, like training and reference fields, so the file
         # goes straight into `evaluate --generated`; samplers working in [0, 1] are mapped to [-1, 1].
         fields = samples.asnumpy() if pipe.signed_output else samples.asnumpy() * np.float32(2) - np.float32(1)
-        save_npy(Path(opts.save_npy), fields)
-    print(f"wrote {out} ({len(images)} samples, {pipeline}, {kwargs.get('num_inference_steps', 1)} steps, {seconds:.1f} s)")
+        writes.append((save_npy_path, _npy_writer(fields)))
+    _write_all(writes)
+    print(f"wrote {output} ({len(images)} samples, {pipeline}, {kwargs.get('num_inference_steps', 1)} steps, {seconds:.1f} s)")
     return 0
 
 
@@ -306,16 +346,19 @@ def cmd_train(opts: argparse.Namespace) -> int:
 
 def cmd_evaluate(opts: argparse.Namespace) -> int:
     generated_path, reference_path = _existing_path(opts.generated), _existing_path(opts.reference)
+    output, plot = _check_output(opts.output, "--output"), _check_output(opts.plot, "--plot")
     from .training import evaluation
 
     generated, reference = _load_array(generated_path), _load_array(reference_path)
     metrics = evaluation.evaluate(generated, reference)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     print(text)
-    if opts.output:
-        _atomic_output(Path(opts.output), lambda tmp: tmp.write_text(text + "\n"))
-    if opts.plot:
-        evaluation.plot_spectra(generated, reference, Path(opts.plot))
+    writes = []
+    if output:
+        writes.append((output, lambda tmp: tmp.write_text(text + "\n")))
+    if plot:
+        writes.append((plot, lambda tmp: evaluation.plot_spectra(generated, reference, tmp)))
+    _write_all(writes)
     if opts.max_spectrum_error is not None and metrics["spectrum_rel_error"] > opts.max_spectrum_error:
         print(f"spectrum error {metrics['spectrum_rel_error']:.4f} exceeds --max-spectrum-error {opts.max_spectrum_error}", file=sys.stderr)
         return 1
@@ -327,17 +370,19 @@ def cmd_invert(opts: argparse.Namespace) -> int:
 
     _set_mode(opts.mode)
     model = _model_dir(opts.model)
+    output, reconstruct = _check_output(opts.output, "--output"), _check_output(opts.reconstruct, "--reconstruct")
     pipe = _build_pipeline(model, "dpmsolver", "float32")
     pipe.set_progress_bar_config(disable=opts.quiet)
     samples = _load_array(_existing_path(opts.input))
     latents = pipe.invert(ms.Tensor(samples.astype(np.float32)), num_inference_steps=opts.steps)
     latents = latents.asnumpy() if hasattr(latents, "asnumpy") else np.asarray(latents)
-    save_npy(Path(opts.output), latents)
-    message = f"wrote {opts.output}: latents {latents.shape}"
-    if opts.reconstruct:
+    writes = [(output, _npy_writer(latents))]
+    message = f"wrote {output}: latents {latents.shape}"
+    if reconstruct:
         recon = pipe(batch_size=len(latents), latents=ms.Tensor(latents), num_inference_steps=opts.steps, output_type="latent").images.asnumpy()
-        save_npy(Path(opts.reconstruct), recon)
-        message += f"; reconstruction max abs error {float(np.abs(recon - samples).max()):.3e} -> {opts.reconstruct}"
+        writes.append((reconstruct, _npy_writer(recon)))
+        message += f"; reconstruction max abs error {float(np.abs(recon - samples).max()):.3e} -> {reconstruct}"
+    _write_all(writes)
     print(message)
     return 0
 
@@ -350,11 +395,12 @@ def cmd_convert(opts: argparse.Namespace) -> int:
 
     source, target = _existing_path(opts.input), Path(opts.output)
     if source.is_dir():
-        unet_dir = source / "unet" if (source / "unet" / "config.json").is_file() else source
-        unet = msd.UNet2DModel.from_pretrained(unet_dir)
         if target.suffix != ".ckpt":
             raise UsageError(f"--output must end in .ckpt when --input is a folder, got {target}")
-        _atomic_output(target, lambda tmp: ms.save_checkpoint(unet, str(tmp)))
+        _check_output(target, "--output")
+        unet_dir = source / "unet" if (source / "unet" / "config.json").is_file() else source
+        unet = msd.UNet2DModel.from_pretrained(unet_dir)
+        _write_all([(target, _ckpt_writer(unet))])
         print(f"wrote {target} ({len(unet.parameters_dict())} tensors)")
         return 0
     if source.suffix != ".ckpt":

@@ -1,6 +1,8 @@
 """The command line: every job file in configs/ runs, flags override files, and bad input is
 one error line with exit status 2 and no output file."""
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -286,3 +288,54 @@ def test_ctrl_c_during_train_checkpoints_says_how_to_resume_and_exits_130(tmp_pa
     assert [line for line in result.stdout.splitlines() if line.startswith("finished")][-1] == "finished step 3"
     assert f"stopped after step 3; checkpoint {out / 'checkpoint-3'}; resume with: mindscience-diffuser train" in result.stderr
     assert result.stderr.rstrip().endswith("--resume") and "Traceback" not in result.stderr
+
+
+def test_outputs_are_checked_before_any_compute(model_dir, tmp_path, monkeypatch, capsys):
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the pipeline was built before the outputs were checked")
+
+    monkeypatch.setattr(cli, "_build_pipeline", no_compute)
+    fields = tmp_path / "fields.npy"
+    np.save(fields, np.zeros((2, 1, 8, 8), np.float32))
+    missing = tmp_path / "no" / "such" / "raw.npy"
+    cases = [
+        (["sample", "--model", model_dir, "--output", tmp_path / "g.png", "--save-npy", missing], f"--save-npy {missing}: output folder does not exist"),
+        (["sample", "--model", model_dir, "--output", tmp_path], f"--output {tmp_path} is a folder"),
+        (["invert", "--model", model_dir, "--input", fields, "--output", tmp_path / "l.npy", "--reconstruct", missing], "--reconstruct"),
+        (["evaluate", "--generated", fields, "--reference", fields, "--plot", tmp_path], f"--plot {tmp_path} is a folder"),
+        (["convert", "--input", model_dir, "--output", tmp_path / "no" / "x.ckpt"], "output folder does not exist"),
+    ]
+    for args, message in cases:
+        assert run(*args) == 2, args
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == "", (args, captured)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fields.npy"]
+
+
+def test_a_command_writes_all_of_its_outputs_or_none(model_dir, tmp_path, monkeypatch, capsys):
+    def failing_writer(array):
+        def write(tmp):
+            raise OSError(28, "No space left on device", str(tmp))
+
+        return write
+
+    monkeypatch.setattr(cli, "_npy_writer", failing_writer)
+    png, raw = tmp_path / "g.png", tmp_path / "raw.npy"
+    assert run("sample", "--model", model_dir, "--steps", 1, "--batch-size", 1, "--output", png, "--save-npy", raw,
+               "--mode", "pynative", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert str(raw) in err and ".tmp-" not in err  # the user's path, not the temporary's
+    assert list(tmp_path.iterdir()) == []  # no PNG without its .npy, no temporaries
+
+
+def test_outputs_get_the_users_umask(model_dir, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        png, raw, ckpt = tmp_path / "g.png", tmp_path / "raw.npy", tmp_path / "unet.ckpt"
+        assert run("sample", "--model", model_dir, "--steps", 1, "--batch-size", 1, "--output", png, "--save-npy", raw,
+                   "--mode", "pynative", "--quiet") == 0
+        assert run("convert", "--input", model_dir, "--output", ckpt) == 0
+    finally:
+        os.umask(previous)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.iterdir()} == {
+        "g.png": "0o644", "raw.npy": "0o644", "unet.ckpt": "0o644"}

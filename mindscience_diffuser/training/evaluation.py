@@ -136,5 +136,5 @@ def plot_spectra(*args, title: str = "Radially averaged power spectrum") -> None
     ax.set_title(f"{title}\nmean relative error {100 * result['spectrum_rel_error']:.1f}%", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # the format, not the name: a temporary file may carry another suffix
     plt.close(fig)
