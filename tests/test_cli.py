@@ -339,3 +339,20 @@ def test_outputs_get_the_users_umask(model_dir, tmp_path):
         os.umask(previous)
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.iterdir()} == {
         "g.png": "0o644", "raw.npy": "0o644", "unet.ckpt": "0o644"}
+
+
+def test_evaluate_plot_works_with_the_plain_install(tmp_path, capsys):
+    """The spectrum plot is drawn with pillow (an install requirement), not matplotlib."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    generated, reference = tmp_path / "gen.npy", tmp_path / "ref.npy"
+    np.save(generated, rng.standard_normal((4, 1, 16, 16)).astype(np.float32))
+    np.save(reference, rng.standard_normal((4, 1, 16, 16)).astype(np.float32) * 0.5)
+    plot, metrics = tmp_path / "spectra.png", tmp_path / "metrics.json"
+    assert run("evaluate", "--generated", generated, "--reference", reference, "--plot", plot, "--output", metrics) == 0
+    picture = np.asarray(Image.open(plot).convert("RGB"))
+    assert picture.shape == (400, 560, 3) and metrics.is_file()
+    red = (picture[..., 0] > 180) & (picture[..., 1] < 80)
+    black = picture.sum(axis=-1) < 60
+    assert red.sum() > 50 and black.sum() > 200  # both spectra, the axes and the text
