@@ -189,6 +189,29 @@ def _model_pipeline(model: Path) -> str:
     return names.get(class_name, "ddim")
 
 
+#: The model kind each sampler needs, by the scheduler class its folder stores: a VE model
+#: (trained on sigmas) and a consistency model each have their one sampler; the VP samplers
+#: share the VP models (ᾱ schedules).
+_SPECIAL_KINDS = {
+    "sde_ve": ("a Score-SDE-VE model (a folder whose model_index.json names ScoreSdeVeScheduler)", "ScoreSdeVeScheduler"),
+    "consistency": ("a consistency model (a folder whose model_index.json names CMStochasticIterativeScheduler)",
+                    "CMStochasticIterativeScheduler"),
+}
+
+
+def _check_model_kind(model: Path, pipeline: str) -> None:
+    """A sampler run on a model of another kind writes noise: refuse it, naming the model it needs."""
+    stored = (_model_index(model).get("scheduler") or [None])[-1]
+    if stored is None:
+        return  # a folder that names no scheduler: nothing to check against
+    special = {scheduler: name for name, (_, scheduler) in _SPECIAL_KINDS.items()}
+    if pipeline in _SPECIAL_KINDS and stored != _SPECIAL_KINDS[pipeline][1]:
+        raise UsageError(f"--pipeline {pipeline} needs {_SPECIAL_KINDS[pipeline][0]}; {model} is a {stored} model")
+    if pipeline not in _SPECIAL_KINDS and stored in special:
+        raise UsageError(f"--pipeline {pipeline} needs a VP (DDPM/DDIM) model; {model} is a {stored} model: "
+                         f"use --pipeline {special[stored]}")
+
+
 def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
     """``from_pretrained`` of the folder as ``pipeline``'s class; when the folder stores another
     scheduler class, it is swapped for ``pipeline``'s, built from the stored scheduler config."""
@@ -203,6 +226,10 @@ def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
     if stored[-1] != scheduler_name:
         scheduler_cls = getattr(msd, scheduler_name)
         config = scheduler_cls.load_config(model / "scheduler") if (model / "scheduler").is_dir() else {}
+        # Only the keys the new class takes: the others belong to the stored class, not to the
+        # user, and from_config would warn about each of them.
+        accepted = scheduler_cls._init_parameters()
+        config = {key: value for key, value in config.items() if key in accepted}
         swap["scheduler"] = scheduler_cls.from_config(config, compute_dtype=dtype)
     return getattr(msd, pipeline_name).from_pretrained(model, compute_dtype=dtype, **swap)
 
@@ -247,6 +274,7 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     model = _model_dir(opts.model)
     output, save_npy_path = _check_output(opts.output, "--output"), _check_output(opts.save_npy, "--save-npy")
     pipeline = opts.pipeline or _model_pipeline(model)
+    _check_model_kind(model, pipeline)
     pipe = _build_pipeline(model, pipeline, opts.compute_dtype)
     pipe.set_progress_bar_config(disable=opts.quiet)
     kwargs: Dict[str, Any] = {"batch_size": opts.batch_size, "generator": opts.seed, "output_type": "latent"}
@@ -371,6 +399,7 @@ def cmd_invert(opts: argparse.Namespace) -> int:
     _set_mode(opts.mode)
     model = _model_dir(opts.model)
     output, reconstruct = _check_output(opts.output, "--output"), _check_output(opts.reconstruct, "--reconstruct")
+    _check_model_kind(model, "dpmsolver")
     pipe = _build_pipeline(model, "dpmsolver", "float32")
     pipe.set_progress_bar_config(disable=opts.quiet)
     samples = _load_array(_existing_path(opts.input))

@@ -35,12 +35,21 @@ def run(*args):
     return cli.main([str(a) for a in args])
 
 
+@pytest.fixture(scope="module")
+def model_dirs(model_dir, tmp_path_factory):
+    """A pipeline folder of each model kind the job files need (VP, VE, consistency)."""
+    ve, cm = tmp_path_factory.mktemp("ve"), tmp_path_factory.mktemp("cm")
+    msd.ScoreSdeVePipeline(unet=tiny_unet(), scheduler=msd.ScoreSdeVeScheduler(num_train_timesteps=100)).save_pretrained(ve)
+    msd.ConsistencyModelPipeline(unet=tiny_unet(), scheduler=msd.CMStochasticIterativeScheduler()).save_pretrained(cm)
+    return {"ddim": model_dir, "dpmsolver": model_dir, "sde_ve": ve, "consistency": cm}
+
+
 @pytest.mark.parametrize("job", ["ddim", "dpmsolver", "sde_ve", "consistency"])
-def test_every_sampling_job_file_runs(job, model_dir, tmp_path):
+def test_every_sampling_job_file_runs(job, model_dirs, tmp_path):
     out = tmp_path / "grid.png"
     raw = tmp_path / "raw.npy"
     steps = ["--steps", "3"] if job != "consistency" else []
-    code = run("sample", "--config", CONFIGS / f"{job}.yaml", "--model", model_dir, "--output", out, "--save-npy", raw,
+    code = run("sample", "--config", CONFIGS / f"{job}.yaml", "--model", model_dirs[job], "--output", out, "--save-npy", raw,
                "--batch-size", 2, "--mode", "pynative", "--quiet", *steps)
     assert code == 0 and out.stat().st_size > 0
     fields = np.load(raw)
@@ -356,3 +365,25 @@ def test_evaluate_plot_works_with_the_plain_install(tmp_path, capsys):
     red = (picture[..., 0] > 180) & (picture[..., 1] < 80)
     black = picture.sum(axis=-1) < 60
     assert red.sum() > 50 and black.sum() > 200  # both spectra, the axes and the text
+
+
+@pytest.mark.parametrize("job,needs", [("sde_ve", "needs a Score-SDE-VE model"), ("consistency", "needs a consistency model")])
+def test_a_job_file_for_another_model_kind_is_refused(job, needs, model_dir, tmp_path, capsys):
+    """A VE or consistency sampler on the VP model wrote noise; now: exit 2, naming the model it needs."""
+    out = tmp_path / "grid.png"
+    assert run("sample", "--config", CONFIGS / f"{job}.yaml", "--model", model_dir, "--output", out, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert needs in err and "DDIMScheduler model" in err and not out.exists()
+
+
+def test_a_vp_sampler_on_a_ve_model_is_refused(model_dirs, tmp_path, capsys):
+    assert run("sample", "--model", model_dirs["sde_ve"], "--pipeline", "ddim", "--output", tmp_path / "g.png") == 2
+    assert "use --pipeline sde_ve" in capsys.readouterr().err
+
+
+def test_swapping_the_sampler_converts_the_stored_config_quietly(model_dir, tmp_path, caplog):
+    """DDIM's stored config has keys DPM-Solver does not take: they are dropped, not warned about."""
+    with caplog.at_level("WARNING", logger="mindscience_diffuser"):
+        assert run("sample", "--config", CONFIGS / "dpmsolver.yaml", "--model", model_dir, "--steps", 2, "--batch-size", 1,
+                   "--output", tmp_path / "g.png", "--mode", "pynative", "--quiet") == 0
+    assert not [r for r in caplog.records if "ignores config keys" in r.getMessage()]
