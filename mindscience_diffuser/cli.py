@@ -436,6 +436,16 @@ def cmd_convert(opts: argparse.Namespace) -> int:
         raise UsageError(f"--input must be a diffusers folder or a .ckpt file, got {source}")
     if not opts.model_config:
         raise UsageError("converting a .ckpt needs --model-config (the UNet's config.json)")
+    to_ckpt = target.suffix == ".ckpt"  # a checked copy: a file, never a folder named *.ckpt
+    if to_ckpt:
+        _check_output(target, "--output")
+    elif target.exists() and not target.is_dir():
+        raise UsageError(f"--output {target} is a file; converting a .ckpt writes a folder (or give a .ckpt path)")
+    scheduler = None
+    if opts.scheduler_config:
+        if to_ckpt:
+            raise UsageError("--scheduler-config makes a pipeline folder: --output must be a folder, not a .ckpt")
+        scheduler = _scheduler_from_config(_existing_path(opts.scheduler_config))
     unet = msd.UNet2DModel.from_config(msd.UNet2DModel.load_config(_existing_path(opts.model_config)))
     params = ms.load_checkpoint(str(source))
     expected = unet.parameters_dict()
@@ -444,9 +454,38 @@ def cmd_convert(opts: argparse.Namespace) -> int:
     if missing or unexpected or shapes:
         raise UsageError(f"checkpoint does not fit the config: missing {missing[:8]}, unexpected {unexpected[:8]}, wrong shape {shapes[:8]}")
     ms.load_param_into_net(unet, params, strict_load=True)
-    unet.save_pretrained(target)
-    print(f"wrote {target} (config.json, diffusion_pytorch_model.safetensors)")
+    if to_ckpt:
+        _write_all([(target, _ckpt_writer(unet))])
+        print(f"wrote {target} ({len(expected)} tensors, checked against {opts.model_config})")
+    elif scheduler is not None:
+        from .pipelines.pipeline_utils import save_pipeline_folder
+
+        pipeline_class = next((name for name, scheduler_name in PIPELINES.values() if scheduler_name == type(scheduler).__name__),
+                              "DiffusionPipeline")
+        save_pipeline_folder(target, pipeline_class, {"unet": unet, "scheduler": scheduler})
+        print(f"wrote {target} ({pipeline_class}: model_index.json, unet/, scheduler/)")
+    else:
+        unet.save_pretrained(target)
+        print(f"wrote {target} (config.json, diffusion_pytorch_model.safetensors; a UNet folder: "
+              "add --scheduler-config for a pipeline folder that sample loads)")
     return 0
+
+
+def _scheduler_from_config(path: Path):
+    """The scheduler a ``scheduler_config.json`` (or a folder holding one) describes, by its ``_class_name``."""
+    import mindscience_diffuser as msd
+    from .configuration import _read_json
+
+    file = path / "scheduler_config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"--scheduler-config: no scheduler_config.json in {path}")
+    config = _read_json(file)
+    known = sorted(scheduler for _, scheduler in PIPELINES.values())
+    name = config.get("_class_name")
+    if name not in known:
+        raise UsageError(f"--scheduler-config {file} names the scheduler {name!r}; this command line knows {known}")
+    scheduler_cls = getattr(msd, name)
+    return scheduler_cls.from_config(config)
 
 
 # ----------------------------------------------------------------------------- options
@@ -565,6 +604,7 @@ COMMANDS: Tuple[Command, ...] = (
         Option("input", "a diffusers UNet or pipeline folder, or a .ckpt", required=True),
         Option("output", "a .ckpt path, or a folder for a .ckpt input", required=True),
         Option("model_config", "the UNet's config.json (needed for a .ckpt input)"),
+        Option("scheduler_config", "a scheduler_config.json: a .ckpt input then becomes a pipeline folder that sample loads"),
     )),
 )
 

@@ -387,3 +387,27 @@ def test_swapping_the_sampler_converts_the_stored_config_quietly(model_dir, tmp_
         assert run("sample", "--config", CONFIGS / "dpmsolver.yaml", "--model", model_dir, "--steps", 2, "--batch-size", 1,
                    "--output", tmp_path / "g.png", "--mode", "pynative", "--quiet") == 0
     assert not [r for r in caplog.records if "ignores config keys" in r.getMessage()]
+
+
+def test_convert_a_ckpt_with_a_scheduler_config_into_a_pipeline_folder(model_dir, tmp_path):
+    ckpt = tmp_path / "unet.ckpt"
+    assert run("convert", "--input", model_dir, "--output", ckpt) == 0
+    folder = tmp_path / "pipeline"
+    assert run("convert", "--input", ckpt, "--output", folder, "--model-config", model_dir / "unet" / "config.json",
+               "--scheduler-config", model_dir / "scheduler" / "scheduler_config.json") == 0
+    pipe = msd.DiffusionPipeline.from_pretrained(folder)
+    assert type(pipe).__name__ == "DDIMPipeline" and pipe.scheduler.config.num_train_timesteps == 100
+    assert run("sample", "--model", folder, "--steps", 1, "--batch-size", 1, "--output", tmp_path / "g.png",
+               "--mode", "pynative", "--quiet") == 0
+
+
+def test_convert_a_ckpt_to_a_ckpt_path_writes_a_file(model_dir, tmp_path):
+    ckpt, copy = tmp_path / "unet.ckpt", tmp_path / "checked.ckpt"
+    assert run("convert", "--input", model_dir, "--output", ckpt) == 0
+    assert run("convert", "--input", ckpt, "--output", copy, "--model-config", model_dir / "unet" / "config.json") == 0
+    assert copy.is_file()
+    import mindspore as ms
+
+    original, checked = ms.load_checkpoint(str(ckpt)), ms.load_checkpoint(str(copy))
+    assert sorted(original) == sorted(checked)
+    assert all(np.array_equal(original[k].asnumpy(), checked[k].asnumpy()) for k in original)
