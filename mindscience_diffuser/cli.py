@@ -11,11 +11,11 @@ file and renamed, so a failure never leaves a half-written file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import DEFAULT_MODEL_PATH
+from .io_utils import atomic_file
 
 PIPELINES = {
     "ddim": ("DDIMPipeline", "DDIMScheduler"),
@@ -119,19 +120,36 @@ def _existing_path(text: str) -> Path:
     return path
 
 
+def _check_output(value: Any, flag: str) -> Optional[Path]:
+    """``value`` as an output file path, checked before any compute starts: not a folder, in a
+    folder that exists and is writable. None when the option is not given."""
+    if value in (None, ""):
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file path")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write to the folder {folder} (permission denied)")
+    return path
+
+
+def _write_all(writes: List[Tuple[Path, Callable[[Path], None]]]) -> None:
+    """Each ``write(tmp)`` writes a temporary file next to its ``path``; only when all of them
+    succeeded are they renamed into place, so a command writes all of its outputs or none.
+    Files get the user's umask and errors name the user's paths (:func:`io_utils.atomic_file`)."""
+    with contextlib.ExitStack() as stack:
+        staged = [(stack.enter_context(atomic_file(path)), write) for path, write in writes]
+        for tmp, write in staged:
+            write(tmp)
+
+
 def _atomic_output(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise UsageError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=str(path.parent or "."))
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``path`` via a temporary file in the same folder, renamed over it at the end."""
+    path = _check_output(path, "output")
+    _write_all([(path, write)])
     return path
 
 
@@ -172,6 +190,30 @@ def _model_pipeline(model: Path) -> str:
     return names.get(class_name, "ddim")
 
 
+#: The model kind each sampler needs, by the scheduler class its folder stores: a VE model
+#: (trained on sigmas) and a consistency model each have their one sampler; the VP samplers
+#: share the VP models (ᾱ schedules).
+_SPECIAL_KINDS = {
+    "sde_ve": ("a Score-SDE-VE model (a folder whose model_index.json names ScoreSdeVeScheduler)",
+               "ScoreSdeVeScheduler"),
+    "consistency": ("a consistency model (a folder whose model_index.json names CMStochasticIterativeScheduler)",
+                    "CMStochasticIterativeScheduler"),
+}
+
+
+def _check_model_kind(model: Path, pipeline: str) -> None:
+    """A sampler run on a model of another kind writes noise: refuse it, naming the model it needs."""
+    stored = (_model_index(model).get("scheduler") or [None])[-1]
+    if stored is None:
+        return  # a folder that names no scheduler: nothing to check against
+    special = {scheduler: name for name, (_, scheduler) in _SPECIAL_KINDS.items()}
+    if pipeline in _SPECIAL_KINDS and stored != _SPECIAL_KINDS[pipeline][1]:
+        raise UsageError(f"--pipeline {pipeline} needs {_SPECIAL_KINDS[pipeline][0]}; {model} is a {stored} model")
+    if pipeline not in _SPECIAL_KINDS and stored in special:
+        raise UsageError(f"--pipeline {pipeline} needs a VP (DDPM/DDIM) model; {model} is a {stored} model: "
+                         f"use --pipeline {special[stored]}")
+
+
 def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
     """``from_pretrained`` of the folder as ``pipeline``'s class; when the folder stores another
     scheduler class, it is swapped for ``pipeline``'s, built from the stored scheduler config."""
@@ -186,18 +228,42 @@ def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
     if stored[-1] != scheduler_name:
         scheduler_cls = getattr(msd, scheduler_name)
         config = scheduler_cls.load_config(model / "scheduler") if (model / "scheduler").is_dir() else {}
+        # Only the keys the new class takes: the others belong to the stored class, not to the
+        # user, and from_config would warn about each of them.
+        accepted = scheduler_cls._init_parameters()
+        config = {key: value for key, value in config.items() if key in accepted}
         swap["scheduler"] = scheduler_cls.from_config(config, compute_dtype=dtype)
     return getattr(msd, pipeline_name).from_pretrained(model, compute_dtype=dtype, **swap)
 
 
 # ----------------------------------------------------------------------------- outputs
 
-def save_npy(path: Path, array: np.ndarray) -> Path:
+def _npy_writer(array: np.ndarray) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
+        with open(tmp, "wb") as handle:  # a handle: np.save would append ".npy" to the name
             np.save(handle, array)
 
-    return _atomic_output(path, write)
+    return write
+
+
+def save_npy(path: Path, array: np.ndarray) -> Path:
+    return _atomic_output(path, _npy_writer(array))
+
+
+def _ckpt_writer(cell) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        import mindspore as ms
+
+        # save_checkpoint appends ".ckpt" to any other name and leaves the file read-only (0o400).
+        named = tmp.with_name(tmp.name + ".ckpt")
+        try:
+            ms.save_checkpoint(cell, str(named))
+            os.replace(named, tmp)
+        finally:
+            if named.exists():
+                named.unlink()
+
+    return write
 
 
 # ----------------------------------------------------------------------------- sub-commands
@@ -208,7 +274,9 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     from .pipelines.pipeline_utils import to_images
 
     model = _model_dir(opts.model)
+    output, save_npy_path = _check_output(opts.output, "--output"), _check_output(opts.save_npy, "--save-npy")
     pipeline = opts.pipeline or _model_pipeline(model)
+    _check_model_kind(model, pipeline)
     pipe = _build_pipeline(model, pipeline, opts.compute_dtype)
     pipe.set_progress_bar_config(disable=opts.quiet)
     kwargs: Dict[str, Any] = {"batch_size": opts.batch_size, "generator": opts.seed, "output_type": "latent"}
@@ -220,14 +288,15 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     samples = pipe(**kwargs).images
     seconds = time.perf_counter() - start
     images = to_images(samples, "np", scale_from_signed=pipe.signed_output)
-    out = _atomic_output(Path(opts.output), lambda tmp: imaging.save_png(tmp, images, scale=opts.scale))
-    if opts.save_npy:
+    writes = [(output, lambda tmp: imaging.save_png(tmp, images, scale=opts.scale))]
+    if save_npy_path:
         # Model space (B, C, H, W), unclipped, like training and reference fields, so the file
         # goes straight into `evaluate --generated`; samplers working in [0, 1] are mapped to [-1, 1].
         fields = samples.asnumpy() if pipe.signed_output else samples.asnumpy() * np.float32(2) - np.float32(1)
-        save_npy(Path(opts.save_npy), fields)
-    print(f"wrote {out} ({len(images)} samples, {pipeline}, {kwargs.get('num_inference_steps', 1)} steps, "
-          f"{seconds:.1f} s)")
+        writes.append((save_npy_path, _npy_writer(fields)))
+    _write_all(writes)
+    steps = kwargs.get("num_inference_steps", 1)
+    print(f"wrote {output} ({len(images)} samples, {pipeline}, {steps} steps, {seconds:.1f} s)")
     return 0
 
 
@@ -236,6 +305,30 @@ def cmd_train(opts: argparse.Namespace) -> int:
     with ``--prediction-type`` (x0 clipping only for image data) and a ``DiffusionTrainer``;
     train ``--steps`` steps with checkpoints under ``--output`` (resuming from the newest one
     with ``--resume``) and export the EMA model as the pipeline folder ``OUTPUT/final``."""
+    import shutil
+
+    from .training.trainer import CHECKPOINT_PREFIX, STATE_NAME, latest_checkpoint
+
+    output = Path(opts.output)
+    # Every checkpoint-* folder, complete or not: a fresh run would prune the older run's.
+    earlier = sorted(p.name for p in output.glob(CHECKPOINT_PREFIX + "*")) if output.is_dir() else []
+    if earlier and not opts.resume and not opts.overwrite:
+        raise UsageError(f"{output} already holds checkpoints of an earlier run ({', '.join(earlier[:3])}"
+                         f"{', ...' if len(earlier) > 3 else ''}); pass --resume to continue it, "
+                         "or --overwrite to replace it")
+    resume_from = latest_checkpoint(output) if opts.resume else None
+    if resume_from is not None:
+        from .configuration import _read_json
+
+        done = int(_read_json(resume_from / STATE_NAME)["step"])
+        if done >= opts.steps:
+            print(f"nothing to train: {resume_from} is at step {done}, --steps is {opts.steps}")
+            return 0
+        if not opts.quiet:
+            print(f"resuming from {resume_from} (step {done} of {opts.steps})")
+    elif opts.resume and not opts.quiet:
+        print(f"no checkpoint in {output} to resume from: starting at step 0")
+
     _set_mode(opts.mode)
     import mindspore as ms
 
@@ -261,26 +354,43 @@ def cmd_train(opts: argparse.Namespace) -> int:
         weighting=None if opts.weighting == "none" else opts.weighting,
         ema_decay=opts.ema_decay, seed=opts.seed, output_dir=opts.output, checkpoint_every=opts.checkpoint_every,
     )
-    trainer.train(data, opts.steps, resume_from="latest" if opts.resume else None,
-                  log_every=None if opts.quiet else 10)
+    if earlier and opts.overwrite and not opts.resume:
+        for name in earlier:
+            shutil.rmtree(output / name)
+    start = done if resume_from is not None else 0
+    try:
+        trainer.train(data, opts.steps, resume_from=resume_from, log_every=None if opts.quiet else 10)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # The trainer finished the step in flight and checkpointed it before raising.
+        code = 130 if isinstance(stop, KeyboardInterrupt) else stop.code
+        checkpoint = latest_checkpoint(output)
+        where = f"checkpoint {checkpoint}" if checkpoint is not None else "no checkpoint written"
+        args = [a for a in getattr(opts, "argv", []) if a not in ("--resume", "--overwrite")]
+        print(f"stopped after step {trainer.step}; {where}; "
+              f"resume with: mindscience-diffuser {' '.join(args)} --resume", file=sys.stderr)
+        return code
     final = trainer.save_pretrained(Path(opts.output) / "final")
     if not opts.quiet:
-        print(f"trained {trainer.step} steps; pipeline written to {final}")
+        done = f"{trainer.step - start} steps ({start + 1} to {trainer.step})" if start else f"{trainer.step} steps"
+        print(f"trained {done}; pipeline written to {final}")
     return 0
 
 
 def cmd_evaluate(opts: argparse.Namespace) -> int:
     generated_path, reference_path = _existing_path(opts.generated), _existing_path(opts.reference)
+    output, plot = _check_output(opts.output, "--output"), _check_output(opts.plot, "--plot")
     from .training import evaluation
 
     generated, reference = _load_array(generated_path), _load_array(reference_path)
     metrics = evaluation.evaluate(generated, reference)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     print(text)
-    if opts.output:
-        _atomic_output(Path(opts.output), lambda tmp: tmp.write_text(text + "\n"))
-    if opts.plot:
-        evaluation.plot_spectra(generated, reference, Path(opts.plot))
+    writes = []
+    if output:
+        writes.append((output, lambda tmp: tmp.write_text(text + "\n")))
+    if plot:
+        writes.append((plot, lambda tmp: evaluation.plot_spectra(generated, reference, tmp)))
+    _write_all(writes)
     if opts.max_spectrum_error is not None and metrics["spectrum_rel_error"] > opts.max_spectrum_error:
         print(f"spectrum error {metrics['spectrum_rel_error']:.4f} exceeds --max-spectrum-error "
               f"{opts.max_spectrum_error}", file=sys.stderr)
@@ -293,18 +403,21 @@ def cmd_invert(opts: argparse.Namespace) -> int:
 
     _set_mode(opts.mode)
     model = _model_dir(opts.model)
+    output, reconstruct = _check_output(opts.output, "--output"), _check_output(opts.reconstruct, "--reconstruct")
+    _check_model_kind(model, "dpmsolver")
     pipe = _build_pipeline(model, "dpmsolver", "float32")
     pipe.set_progress_bar_config(disable=opts.quiet)
     samples = _load_array(_existing_path(opts.input))
     latents = pipe.invert(ms.Tensor(samples.astype(np.float32)), num_inference_steps=opts.steps)
     latents = latents.asnumpy() if hasattr(latents, "asnumpy") else np.asarray(latents)
-    save_npy(Path(opts.output), latents)
-    message = f"wrote {opts.output}: latents {latents.shape}"
-    if opts.reconstruct:
+    writes = [(output, _npy_writer(latents))]
+    message = f"wrote {output}: latents {latents.shape}"
+    if reconstruct:
         recon = pipe(batch_size=len(latents), latents=ms.Tensor(latents), num_inference_steps=opts.steps,
                      output_type="latent").images.asnumpy()
-        save_npy(Path(opts.reconstruct), recon)
-        message += f"; reconstruction max abs error {float(np.abs(recon - samples).max()):.3e} -> {opts.reconstruct}"
+        writes.append((reconstruct, _npy_writer(recon)))
+        message += f"; reconstruction max abs error {float(np.abs(recon - samples).max()):.3e} -> {reconstruct}"
+    _write_all(writes)
     print(message)
     return 0
 
@@ -317,17 +430,28 @@ def cmd_convert(opts: argparse.Namespace) -> int:
 
     source, target = _existing_path(opts.input), Path(opts.output)
     if source.is_dir():
-        unet_dir = source / "unet" if (source / "unet" / "config.json").is_file() else source
-        unet = msd.UNet2DModel.from_pretrained(unet_dir)
         if target.suffix != ".ckpt":
             raise UsageError(f"--output must end in .ckpt when --input is a folder, got {target}")
-        _atomic_output(target, lambda tmp: ms.save_checkpoint(unet, str(tmp)))
+        _check_output(target, "--output")
+        unet_dir = source / "unet" if (source / "unet" / "config.json").is_file() else source
+        unet = msd.UNet2DModel.from_pretrained(unet_dir)
+        _write_all([(target, _ckpt_writer(unet))])
         print(f"wrote {target} ({len(unet.parameters_dict())} tensors)")
         return 0
     if source.suffix != ".ckpt":
         raise UsageError(f"--input must be a diffusers folder or a .ckpt file, got {source}")
     if not opts.model_config:
         raise UsageError("converting a .ckpt needs --model-config (the UNet's config.json)")
+    to_ckpt = target.suffix == ".ckpt"  # a checked copy: a file, never a folder named *.ckpt
+    if to_ckpt:
+        _check_output(target, "--output")
+    elif target.exists() and not target.is_dir():
+        raise UsageError(f"--output {target} is a file; converting a .ckpt writes a folder (or give a .ckpt path)")
+    scheduler = None
+    if opts.scheduler_config:
+        if to_ckpt:
+            raise UsageError("--scheduler-config makes a pipeline folder: --output must be a folder, not a .ckpt")
+        scheduler = _scheduler_from_config(_existing_path(opts.scheduler_config))
     unet = msd.UNet2DModel.from_config(msd.UNet2DModel.load_config(_existing_path(opts.model_config)))
     params = ms.load_checkpoint(str(source))
     expected = unet.parameters_dict()
@@ -337,9 +461,40 @@ def cmd_convert(opts: argparse.Namespace) -> int:
         raise UsageError(f"checkpoint does not fit the config: missing {missing[:8]}, unexpected {unexpected[:8]}, "
                          f"wrong shape {shapes[:8]}")
     ms.load_param_into_net(unet, params, strict_load=True)
-    unet.save_pretrained(target)
-    print(f"wrote {target} (config.json, diffusion_pytorch_model.safetensors)")
+    if to_ckpt:
+        _write_all([(target, _ckpt_writer(unet))])
+        print(f"wrote {target} ({len(expected)} tensors, checked against {opts.model_config})")
+    elif scheduler is not None:
+        from .pipelines.pipeline_utils import save_pipeline_folder
+
+        kind = type(scheduler).__name__
+        pipeline_class = next((name for name, scheduler_name in PIPELINES.values() if scheduler_name == kind),
+                              "DiffusionPipeline")
+        save_pipeline_folder(target, pipeline_class, {"unet": unet, "scheduler": scheduler})
+        print(f"wrote {target} ({pipeline_class}: model_index.json, unet/, scheduler/)")
+    else:
+        unet.save_pretrained(target)
+        print(f"wrote {target} (config.json, diffusion_pytorch_model.safetensors; a UNet folder: "
+              "add --scheduler-config for a pipeline folder that sample loads)")
     return 0
+
+
+def _scheduler_from_config(path: Path):
+    """The scheduler a ``scheduler_config.json`` (or a folder holding one) describes, by its ``_class_name``."""
+    import mindscience_diffuser as msd
+
+    from .configuration import _read_json
+
+    file = path / "scheduler_config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"--scheduler-config: no scheduler_config.json in {path}")
+    config = _read_json(file)
+    known = sorted(scheduler for _, scheduler in PIPELINES.values())
+    name = config.get("_class_name")
+    if name not in known:
+        raise UsageError(f"--scheduler-config {file} names the scheduler {name!r}; this command line knows {known}")
+    scheduler_cls = getattr(msd, name)
+    return scheduler_cls.from_config(config)
 
 
 # ----------------------------------------------------------------------------- options
@@ -441,6 +596,8 @@ COMMANDS: Tuple[Command, ...] = (
         Option("ema_decay", "EMA decay", _number, default=0.999),
         Option("checkpoint_every", "steps between checkpoints", _positive_int, default=200),
         Option("resume", "continue from the checkpoint in --output", _boolean, default=False),
+        Option("overwrite", "start afresh in an --output that holds an earlier run's checkpoints (they are deleted)",
+               _boolean, default=False),
         Option("seed", "random seed", _integer, default=0),
     )),
     Command("evaluate", "compare generated fields with reference fields (power spectrum, histogram)",
@@ -462,6 +619,8 @@ COMMANDS: Tuple[Command, ...] = (
         Option("input", "a diffusers UNet or pipeline folder, or a .ckpt", required=True),
         Option("output", "a .ckpt path, or a folder for a .ckpt input", required=True),
         Option("model_config", "the UNet's config.json (needed for a .ckpt input)"),
+        Option("scheduler_config",
+               "a scheduler_config.json: a .ckpt input then becomes a pipeline folder that sample loads"),
     )),
 )
 
@@ -524,6 +683,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise UsageError(f"{command.name} needs {option.flag}")
     for name, value in values.items():
         setattr(opts, name, value)
+    opts.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that resumes a run
     return opts
 
 

@@ -1,6 +1,8 @@
 """The command line: every job file in configs/ runs, flags override files, and bad input is
 one error line with exit status 2 and no output file."""
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -33,13 +35,23 @@ def run(*args):
     return cli.main([str(a) for a in args])
 
 
+@pytest.fixture(scope="module")
+def model_dirs(model_dir, tmp_path_factory):
+    """A pipeline folder of each model kind the job files need (VP, VE, consistency)."""
+    ve, cm = tmp_path_factory.mktemp("ve"), tmp_path_factory.mktemp("cm")
+    ve_scheduler = msd.ScoreSdeVeScheduler(num_train_timesteps=100)
+    msd.ScoreSdeVePipeline(unet=tiny_unet(), scheduler=ve_scheduler).save_pretrained(ve)
+    msd.ConsistencyModelPipeline(unet=tiny_unet(), scheduler=msd.CMStochasticIterativeScheduler()).save_pretrained(cm)
+    return {"ddim": model_dir, "dpmsolver": model_dir, "sde_ve": ve, "consistency": cm}
+
+
 @pytest.mark.parametrize("job", ["ddim", "dpmsolver", "sde_ve", "consistency"])
-def test_every_sampling_job_file_runs(job, model_dir, tmp_path):
+def test_every_sampling_job_file_runs(job, model_dirs, tmp_path):
     out = tmp_path / "grid.png"
     raw = tmp_path / "raw.npy"
     steps = ["--steps", "3"] if job != "consistency" else []
-    code = run("sample", "--config", CONFIGS / f"{job}.yaml", "--model", model_dir, "--output", out, "--save-npy", raw,
-               "--batch-size", 2, "--mode", "pynative", "--quiet", *steps)
+    code = run("sample", "--config", CONFIGS / f"{job}.yaml", "--model", model_dirs[job], "--output", out,
+               "--save-npy", raw, "--batch-size", 2, "--mode", "pynative", "--quiet", *steps)
     assert code == 0 and out.stat().st_size > 0
     fields = np.load(raw)
     assert fields.shape == (2, 1, 8, 8) and np.all(np.isfinite(fields))
@@ -227,3 +239,184 @@ def test_a_bad_flag_is_one_error_line_and_status_2(capsys):
     assert run("sample", "--compute-dtype", "float64") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert [line for line in err if "error:" in line] == [err[-1]] and "invalid choice" in err[-1]
+
+
+TRAIN = ["--batch-size", 2, "--num-samples", 4, "--resolution", 8, "--mode", "pynative", "--quiet"]
+
+
+def test_train_refuses_an_earlier_runs_checkpoints_unless_resume_or_overwrite(tmp_path, capsys):
+    """A second run into the same --output would prune the first run's checkpoints: refused."""
+    out = tmp_path / "run"
+    assert run("train", "--output", out, "--steps", 2, "--checkpoint-every", 1, *TRAIN) == 0
+    before = sorted(p.name for p in out.glob("checkpoint-*"))
+    capsys.readouterr()
+    assert run("train", "--output", out, "--steps", 3, "--checkpoint-every", 1, *TRAIN) == 2
+    err = capsys.readouterr().err
+    assert "already holds checkpoints" in err and "--resume" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == before
+    assert run("train", "--output", out, "--steps", 1, "--checkpoint-every", 1, "--overwrite", *TRAIN) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_resume_names_its_checkpoint_and_a_finished_run_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--output", out, "--steps", 2, "--checkpoint-every", 2, *TRAIN) == 0
+    capsys.readouterr()
+    assert run("train", "--output", out, "--steps", 3, "--checkpoint-every", 2, "--resume", *TRAIN[:-1]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming from {out / 'checkpoint-2'} (step 2 of 3)" in printed and "trained 1 steps (3 to 3)" in printed
+    assert run("train", "--output", out, "--steps", 2, "--resume", *TRAIN) == 0
+    printed = capsys.readouterr().out
+    assert f"nothing to train: {out / 'checkpoint-3'} is at step 3, --steps is 2" in printed
+    assert "trained" not in printed
+
+
+CTRL_C_SCRIPT = """
+import os, signal, sys
+from mindscience_diffuser import cli
+from mindscience_diffuser.training import DiffusionTrainer
+
+step = DiffusionTrainer.train_step
+
+def ctrl_c_at_step_3(self, batch):
+    loss = step(self, batch)
+    print("finished step", self.step, flush=True)
+    if self.step == 3:
+        os.kill(os.getpid(), signal.SIGINT)
+    return loss
+
+DiffusionTrainer.train_step = ctrl_c_at_step_3
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_during_train_checkpoints_says_how_to_resume_and_exits_130(tmp_path):
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    out = tmp_path / "run"
+    args = ["train", "--output", str(out), "--steps", "50", "--checkpoint-every", "100", *map(str, TRAIN)]
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 130, (result.returncode, result.stdout, result.stderr[-2000:])
+    assert [line for line in result.stdout.splitlines() if line.startswith("finished")][-1] == "finished step 3"
+    expected = f"stopped after step 3; checkpoint {out / 'checkpoint-3'}; resume with: mindscience-diffuser train"
+    assert expected in result.stderr
+    assert result.stderr.rstrip().endswith("--resume") and "Traceback" not in result.stderr
+
+
+def test_outputs_are_checked_before_any_compute(model_dir, tmp_path, monkeypatch, capsys):
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the pipeline was built before the outputs were checked")
+
+    monkeypatch.setattr(cli, "_build_pipeline", no_compute)
+    fields = tmp_path / "fields.npy"
+    np.save(fields, np.zeros((2, 1, 8, 8), np.float32))
+    missing = tmp_path / "no" / "such" / "raw.npy"
+    cases = [
+        (["sample", "--model", model_dir, "--output", tmp_path / "g.png", "--save-npy", missing],
+         f"--save-npy {missing}: output folder does not exist"),
+        (["sample", "--model", model_dir, "--output", tmp_path], f"--output {tmp_path} is a folder"),
+        (["invert", "--model", model_dir, "--input", fields, "--output", tmp_path / "l.npy", "--reconstruct", missing],
+         "--reconstruct"),
+        (["evaluate", "--generated", fields, "--reference", fields, "--plot", tmp_path],
+         f"--plot {tmp_path} is a folder"),
+        (["convert", "--input", model_dir, "--output", tmp_path / "no" / "x.ckpt"], "output folder does not exist"),
+    ]
+    for args, message in cases:
+        assert run(*args) == 2, args
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == "", (args, captured)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fields.npy"]
+
+
+def test_a_command_writes_all_of_its_outputs_or_none(model_dir, tmp_path, monkeypatch, capsys):
+    def failing_writer(array):
+        def write(tmp):
+            raise OSError(28, "No space left on device", str(tmp))
+
+        return write
+
+    monkeypatch.setattr(cli, "_npy_writer", failing_writer)
+    png, raw = tmp_path / "g.png", tmp_path / "raw.npy"
+    assert run("sample", "--model", model_dir, "--steps", 1, "--batch-size", 1, "--output", png, "--save-npy", raw,
+               "--mode", "pynative", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert str(raw) in err and ".tmp-" not in err  # the user's path, not the temporary's
+    assert list(tmp_path.iterdir()) == []  # no PNG without its .npy, no temporaries
+
+
+def test_outputs_get_the_users_umask(model_dir, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        png, raw, ckpt = tmp_path / "g.png", tmp_path / "raw.npy", tmp_path / "unet.ckpt"
+        assert run("sample", "--model", model_dir, "--steps", 1, "--batch-size", 1, "--output", png, "--save-npy", raw,
+                   "--mode", "pynative", "--quiet") == 0
+        assert run("convert", "--input", model_dir, "--output", ckpt) == 0
+    finally:
+        os.umask(previous)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.iterdir()} == {
+        "g.png": "0o644", "raw.npy": "0o644", "unet.ckpt": "0o644"}
+
+
+def test_evaluate_plot_works_with_the_plain_install(tmp_path, capsys):
+    """The spectrum plot is drawn with pillow (an install requirement), not matplotlib."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    generated, reference = tmp_path / "gen.npy", tmp_path / "ref.npy"
+    np.save(generated, rng.standard_normal((4, 1, 16, 16)).astype(np.float32))
+    np.save(reference, rng.standard_normal((4, 1, 16, 16)).astype(np.float32) * 0.5)
+    plot, metrics = tmp_path / "spectra.png", tmp_path / "metrics.json"
+    code = run("evaluate", "--generated", generated, "--reference", reference, "--plot", plot, "--output", metrics)
+    assert code == 0
+    picture = np.asarray(Image.open(plot).convert("RGB"))
+    assert picture.shape == (400, 560, 3) and metrics.is_file()
+    red = (picture[..., 0] > 180) & (picture[..., 1] < 80)
+    black = picture.sum(axis=-1) < 60
+    assert red.sum() > 50 and black.sum() > 200  # both spectra, the axes and the text
+
+
+@pytest.mark.parametrize("job,needs", [("sde_ve", "needs a Score-SDE-VE model"),
+                                       ("consistency", "needs a consistency model")])
+def test_a_job_file_for_another_model_kind_is_refused(job, needs, model_dir, tmp_path, capsys):
+    """A VE or consistency sampler on the VP model wrote noise; now: exit 2, naming the model it needs."""
+    out = tmp_path / "grid.png"
+    assert run("sample", "--config", CONFIGS / f"{job}.yaml", "--model", model_dir, "--output", out, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert needs in err and "DDIMScheduler model" in err and not out.exists()
+
+
+def test_a_vp_sampler_on_a_ve_model_is_refused(model_dirs, tmp_path, capsys):
+    assert run("sample", "--model", model_dirs["sde_ve"], "--pipeline", "ddim", "--output", tmp_path / "g.png") == 2
+    assert "use --pipeline sde_ve" in capsys.readouterr().err
+
+
+def test_swapping_the_sampler_converts_the_stored_config_quietly(model_dir, tmp_path, caplog):
+    """DDIM's stored config has keys DPM-Solver does not take: they are dropped, not warned about."""
+    with caplog.at_level("WARNING", logger="mindscience_diffuser"):
+        assert run("sample", "--config", CONFIGS / "dpmsolver.yaml", "--model", model_dir, "--steps", 2,
+                   "--batch-size", 1, "--output", tmp_path / "g.png", "--mode", "pynative", "--quiet") == 0
+    assert not [r for r in caplog.records if "ignores config keys" in r.getMessage()]
+
+
+def test_convert_a_ckpt_with_a_scheduler_config_into_a_pipeline_folder(model_dir, tmp_path):
+    ckpt = tmp_path / "unet.ckpt"
+    assert run("convert", "--input", model_dir, "--output", ckpt) == 0
+    folder = tmp_path / "pipeline"
+    assert run("convert", "--input", ckpt, "--output", folder, "--model-config", model_dir / "unet" / "config.json",
+               "--scheduler-config", model_dir / "scheduler" / "scheduler_config.json") == 0
+    pipe = msd.DiffusionPipeline.from_pretrained(folder)
+    assert type(pipe).__name__ == "DDIMPipeline" and pipe.scheduler.config.num_train_timesteps == 100
+    assert run("sample", "--model", folder, "--steps", 1, "--batch-size", 1, "--output", tmp_path / "g.png",
+               "--mode", "pynative", "--quiet") == 0
+
+
+def test_convert_a_ckpt_to_a_ckpt_path_writes_a_file(model_dir, tmp_path):
+    ckpt, copy = tmp_path / "unet.ckpt", tmp_path / "checked.ckpt"
+    assert run("convert", "--input", model_dir, "--output", ckpt) == 0
+    assert run("convert", "--input", ckpt, "--output", copy, "--model-config", model_dir / "unet" / "config.json") == 0
+    assert copy.is_file()
+    import mindspore as ms
+
+    original, checked = ms.load_checkpoint(str(ckpt)), ms.load_checkpoint(str(copy))
+    assert sorted(original) == sorted(checked)
+    assert all(np.array_equal(original[k].asnumpy(), checked[k].asnumpy()) for k in original)

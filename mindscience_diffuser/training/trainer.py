@@ -40,6 +40,34 @@ OPTIMIZER_NAME = "optimizer.safetensors"
 EMA_DIR = "unet_ema"
 
 
+class _StopRequests(list):
+    """The stop signals received so far (signal numbers), in order.
+
+    MindSpore's runtime installs its own SIGINT handler while it runs a compiled graph, and that
+    handler sends the process a SIGTERM (``mindspore::DefaultIntHandler``); it also leaves that
+    handler in place afterwards. So :meth:`reclaim` puts this handler back after every step, and
+    a SIGTERM that arrives while a step is in flight (``in_step``) is taken for that converted
+    Ctrl-C: the two cannot be told apart from Python, and both stop the run the same way."""
+
+    def __init__(self, installed: bool):
+        super().__init__()
+        self.installed = installed
+        self.in_step = False
+
+    def handle(self, signum, frame) -> None:
+        if signum == signal.SIGTERM and self.in_step:
+            signum = signal.SIGINT
+        self.append(signum)
+
+    def reclaim(self) -> None:
+        if self.installed:
+            for signum in _STOP_SIGNALS:
+                signal.signal(signum, self.handle)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _stop_requests():
     """While training, SIGINT (Ctrl-C) and SIGTERM only *request* a stop: the list it yields
@@ -47,12 +75,11 @@ def _stop_requests():
     the middle of a compiled step would otherwise end the process there (MindSpore's runtime
     replaces Python's SIGINT handling), with no checkpoint of the steps since the last one.
     Outside the main thread signals cannot be caught, and nothing changes."""
-    received: List[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield _StopRequests(installed=False)
         return
-    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+    received = _StopRequests(installed=True)
+    previous = {signum: signal.signal(signum, received.handle) for signum in _STOP_SIGNALS}
     try:
         yield received
     finally:
@@ -390,6 +417,7 @@ class DiffusionTrainer:
         self.model, self.scheduler = model, scheduler
         self.step = 0
         self._saved_step: Optional[int] = None  # step of the last checkpoint the running train() wrote
+        self._stop: Optional[_StopRequests] = None  # the stop requests of the running train()
         self.history: List[Tuple[int, float]] = []
         self._order: Optional[BatchOrder] = None
         self._pending_order_state: Optional[dict] = None
@@ -459,10 +487,18 @@ class DiffusionTrainer:
         self.optimizer.learning_rate.set_data(Tensor(self.current_learning_rate(), ms.float32))
         ema_decay = self.config.ema_decay
         decay = 0.0 if ema_decay is None else min(ema_decay, (1.0 + self.step) / (10.0 + self.step))
-        loss = self._compiled_step(Tensor(x0.astype(np.float32)), Tensor(noise), Tensor(timesteps),
-                                   Tensor(decay, ms.float32))
+        stop = self._stop
+        if stop is not None:
+            stop.in_step = True
+        try:
+            loss = self._compiled_step(Tensor(x0.astype(np.float32)), Tensor(noise), Tensor(timesteps),
+                                       Tensor(decay, ms.float32))
+            value = float(loss.asnumpy())  # waits for the step: a signal during it is handled by now
+        finally:
+            if stop is not None:
+                stop.in_step = False
+                stop.reclaim()
         self.step += 1
-        value = float(loss.asnumpy())
         self.history.append((self.step, value))
         return value
 
@@ -524,9 +560,11 @@ class DiffusionTrainer:
         start, begun = self.step, time.time()
         self._saved_step = None
         with _stop_requests() as signals:
+            self._stop = signals
             try:
                 self._train_loop(data, num_steps, start, begun, signals, log_every, callback, stop_after, max_seconds)
             finally:
+                self._stop = None
                 # Also on an exception: the last finished step is saved before it propagates.
                 if config.output_dir is not None and self.step > start and self._saved_step != self.step:
                     self.save_checkpoint()
