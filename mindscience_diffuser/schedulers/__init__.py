@@ -3,6 +3,7 @@
 Each scheduler module adds its class to ``__all__`` through the import below.
 """
 from .base import ScaledInputMixin, SchedulerBase, StepIndexMixin, TimestepTableSchedulerBase, VPSchedulerBase
+from .consistency_models import CMStochasticIterativeScheduler
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
