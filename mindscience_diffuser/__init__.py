@@ -25,3 +25,7 @@ __version__ = "0.1.0"
 
 #: The pipeline folder (diffusers layout) of the field model that ships with the package.
 DEFAULT_MODEL_PATH = _Path(__file__).resolve().parent / "default_model"
+
+from .docstrings import document_public_classes as _document_public_classes  # noqa: E402
+
+_document_public_classes(globals())  # every public class's docstring gets its generated ``Args:`` section
