@@ -82,14 +82,16 @@ def test_published_full_loops(name, expected_sum, expected_mean):
 # ----------------------------------------------------------------------------- API behaviour
 
 def test_swapping_configs_with_ddim():
-    # diffusers: EulerDiscreteScheduler.from_config(DDIMScheduler().config) keeps the shared keys (the
-    # squaredcos_cap_v2 betas and leading spacing of the MindScience DDIM seed) and ignores the rest.
-    euler = EulerDiscreteScheduler.from_config(msd.DDIMScheduler().config)
+    # diffusers 0.42.1: options the first scheduler took from its defaults are left to the second one's
+    # defaults (Euler keeps linspace spacing after a default DDIM); explicitly set ones travel. The noise
+    # process always travels here: this package's DDIM defaults to the MindScience seed's cosine betas.
+    assert EulerDiscreteScheduler.from_config(msd.DDIMScheduler().config).config.timestep_spacing == "linspace"
+    euler = EulerDiscreteScheduler.from_config(msd.DDIMScheduler(timestep_spacing="leading").config)
     assert euler.config.beta_schedule == "squaredcos_cap_v2" and euler.config.timestep_spacing == "leading"
     euler.set_timesteps(6)
     assert max(H.replay(FAMILY, "squaredcos_cap_v2-epsilon-leading", forced=True, sched=euler)) <= H.STEP_TOL
     back = msd.DDIMScheduler.from_config(EulerDiscreteScheduler(beta_schedule="scaled_linear").config)
-    assert back.config.beta_schedule == "scaled_linear" and back.config.timestep_spacing == "linspace"
+    assert back.config.beta_schedule == "scaled_linear" and back.config.timestep_spacing == "leading"
 
 
 def test_return_types_and_tensor_timesteps():
