@@ -228,10 +228,7 @@ def _build_pipeline(model: Path, pipeline: str, compute_dtype: str):
     if stored[-1] != scheduler_name:
         scheduler_cls = getattr(msd, scheduler_name)
         config = scheduler_cls.load_config(model / "scheduler") if (model / "scheduler").is_dir() else {}
-        # Only the keys the new class takes: the others belong to the stored class, not to the
-        # user, and from_config would warn about each of them.
-        accepted = scheduler_cls._init_parameters()
-        config = {key: value for key, value in config.items() if key in accepted}
+        # from_config keeps the stored class's other keys as hidden config, quietly (the file names its class).
         swap["scheduler"] = scheduler_cls.from_config(config, compute_dtype=dtype)
     return getattr(msd, pipeline_name).from_pretrained(model, compute_dtype=dtype, **swap)
 
