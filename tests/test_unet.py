@@ -133,8 +133,10 @@ def test_golden_cases_cover_the_issue_layouts():
         lambda t: ms.Tensor(float(t), ms.float32),
         lambda t: ms.Tensor([int(t)], ms.int32),
         lambda t: ms.Tensor([int(t), int(t)], ms.int64),
+        lambda t: np.int64(t),
+        lambda t: np.array([int(t), int(t)]),
     ],
-    ids=["int", "float", "0d-int64", "0d-float32", "(1,)", "(B,)"],
+    ids=["int", "float", "0d-int64", "0d-float32", "(1,)", "(B,)", "numpy-int64", "numpy-(B,)"],
 )
 def test_timestep_forms(make_t):
     io = io_of("field_scale_shift")
@@ -365,3 +367,42 @@ def test_config_roundtrip_and_unet_res_prefix():
     assert model.config["down_block_types"] == ["UNetResDownBlock2D", "AttnDownBlock2D"]
     clone = UNet2DModel.from_config(model.config)
     assert sorted(n for n, _ in clone.parameters_and_names()) == sorted(n for n, _ in model.parameters_and_names())
+
+
+def test_scheduler_timestep_goes_straight_in():
+    """A diffusers loop passes ``scheduler.timesteps[i]`` (a numpy integer here) to the UNet."""
+    from mindscience_diffuser import DDIMScheduler
+
+    scheduler = DDIMScheduler()
+    scheduler.set_timesteps(4)
+    model = UNet2DModel(**TINY)
+    t = scheduler.timesteps[0]
+    assert isinstance(t, np.integer)
+    x = ms.Tensor(np.zeros((2, 3, 8, 8), np.float32))
+    np.testing.assert_array_equal(model(x, t).asnumpy(), model(x, int(t)).asnumpy())
+
+
+@pytest.mark.parametrize(
+    "make_input, error, message",
+    [
+        (lambda c: np.zeros((1, c, 8, 8), np.float32), TypeError, r"mindspore Tensor \(batch, \d, H, W\)"),
+        (lambda c: ms.Tensor(np.zeros((1, c + 1, 8, 8), np.float32)), ValueError, r"got \(1, \d, 8, 8\)"),
+        (lambda c: ms.Tensor(np.zeros((1, c, 8), np.float32)), ValueError, "must have shape"),
+        (lambda c: ms.Tensor(np.zeros((1, c, 6, 8), np.float32)), ValueError, "multiples of 4"),
+    ],
+    ids=["numpy", "channels", "rank", "size"],
+)
+def test_bad_sample_is_named_before_any_kernel(make_input, error, message):
+    model = UNet2DModel(**dict(TINY, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
+                               block_out_channels=(8, 8, 8)))
+    with pytest.raises(error, match=message):
+        model(make_input(3), 3)
+
+
+def test_bad_timestep_shape_and_type():
+    model = UNet2DModel(**TINY)
+    x = ms.Tensor(np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"\(1,\) or \(2,\)"):
+        model(x, ms.Tensor(np.zeros((3,), np.int32)))
+    with pytest.raises(TypeError, match="timestep"):
+        model(x, "10")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..configuration import ConfigMixin, register_to_config
@@ -326,18 +327,57 @@ class UNet2DModel(nn.Cell, ConfigMixin):
         return (sample,)
 
     def __call__(self, sample, timestep, class_labels=None, return_dict=None):
-        # A Python scalar becomes a Tensor here, before compilation: a compiled graph would
-        # otherwise bake it in as a constant and recompile for every new timestep. The output
-        # dataclass is built outside the graph too.
-        if isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
-            dtype = ms.int32 if self.time_embedding_type == "learned" else ms.float32
-            timestep = Tensor(timestep, dtype)
+        # A Python or numpy scalar becomes a Tensor here, before compilation: a compiled graph
+        # would otherwise bake it in as a constant and recompile for every new timestep. The
+        # output dataclass is built outside the graph too.
+        self._check_sample(sample)
+        timestep = self._timestep_tensor(timestep, sample.shape[0])
+        if isinstance(class_labels, np.ndarray):
+            class_labels = Tensor(class_labels)
         out = super().__call__(sample, timestep, class_labels)
         if return_dict is None:
             return out
         if return_dict:
             return UNet2DOutput(sample=out)
         return (out,)
+
+    @property
+    def spatial_multiple(self) -> int:
+        """What H and W must be multiples of: 2 to the number of down blocks that halve the size."""
+        return 2 ** (len(self.config["down_block_types"]) - 1)
+
+    def _check_sample(self, sample) -> None:
+        """Shape checks on the host, so a wrong input is named before a kernel fails on it."""
+        channels = self.config["in_channels"]
+        expected = f"(batch, {channels}, H, W) with H and W multiples of {self.spatial_multiple}"
+        if not isinstance(sample, Tensor):
+            hint = ": wrap it with mindspore.Tensor(...)" if isinstance(sample, np.ndarray) else ""
+            raise TypeError(f"sample must be a mindspore Tensor {expected}, got {type(sample).__name__}{hint}")
+        shape = tuple(sample.shape)
+        if len(shape) != 4 or shape[1] != channels:
+            raise ValueError(f"sample must have shape {expected}, got {shape}")
+        if any(size % self.spatial_multiple for size in shape[2:]):
+            raise ValueError(f"sample must have shape {expected}: the down path halves H and W "
+                             f"{len(self.config['down_block_types']) - 1} times and the up path must meet its skip "
+                             f"connections; got {shape}")
+
+    def _timestep_tensor(self, timestep, batch: int):
+        """``timestep`` as a Tensor: a Python or numpy number, a numpy array, or a Tensor of shape
+        (), (1,) or (batch,)."""
+        integer = self.time_embedding_type == "learned"
+        if isinstance(timestep, (bool, np.bool_)):
+            raise TypeError("timestep must be a number or a Tensor, got a bool")
+        if isinstance(timestep, (int, float, np.number)):
+            return Tensor(timestep, ms.int32 if integer else ms.float32)
+        if isinstance(timestep, np.ndarray):
+            timestep = Tensor(timestep.astype(np.int32 if integer else np.float32))
+        if not isinstance(timestep, Tensor):
+            raise TypeError(f"timestep must be a number, a numpy array or a mindspore Tensor, got "
+                            f"{type(timestep).__name__}")
+        if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] not in (1, batch)):
+            raise ValueError(f"timestep must be a scalar or have shape (1,) or ({batch},) for a batch of {batch}, "
+                             f"got shape {tuple(timestep.shape)}")
+        return timestep
 
     # ---- weights ------------------------------------------------------------------------
 
