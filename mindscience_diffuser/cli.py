@@ -105,6 +105,17 @@ def _boolean(value: Any) -> bool:
     raise ValueError(f"must be {', '.join(spellings[:-1])} or {spellings[-1]}, got {value!r}")
 
 
+def _auto_or_boolean(value: Any) -> Any:
+    """``"auto"``, or a boolean in any of :func:`_boolean`'s spellings (a job file's ``on`` is
+    YAML's True)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _boolean(value)
+    except ValueError:
+        raise ValueError(f"must be auto, true or false, got {value!r}") from None
+
+
 def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -265,7 +276,22 @@ def _ckpt_writer(cell) -> Callable[[Path], None]:
 
 # ----------------------------------------------------------------------------- sub-commands
 
+def _check_value_range(opts: argparse.Namespace) -> None:
+    for flag, value in (("--vmin", opts.vmin), ("--vmax", opts.vmax)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value!r}")
+    if opts.vmin is not None and opts.vmax is not None and not opts.vmin < opts.vmax:
+        raise UsageError(f"--vmin must be smaller than --vmax, got --vmin {opts.vmin:g} --vmax {opts.vmax:g}")
+
+
+def _is_rgb_image_model(pipe) -> bool:
+    """A 3-channel model without data statistics makes RGB images: its PNG shows them as they
+    are. Every other model makes fields: colour-mapped in the data's units, with a colour bar."""
+    return pipe.unet.config.in_channels == 3 and pipe.data_normalization is None
+
+
 def cmd_sample(opts: argparse.Namespace) -> int:
+    _check_value_range(opts)
     _set_mode(opts.mode)
     from . import imaging
     from .pipelines.pipeline_utils import to_images
@@ -275,6 +301,10 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     pipeline = opts.pipeline or _model_pipeline(model)
     _check_model_kind(model, pipeline)
     pipe = _build_pipeline(model, pipeline, opts.compute_dtype)
+    rgb = _is_rgb_image_model(pipe)
+    if rgb and (opts.vmin is not None or opts.vmax is not None):
+        raise UsageError(f"--vmin/--vmax set the colour range of field PNGs, but {model} makes RGB images "
+                         "(3 channels, no data statistics), which are written as they are")
     pipe.set_progress_bar_config(disable=opts.quiet)
     kwargs: Dict[str, Any] = {"batch_size": opts.batch_size, "generator": opts.seed, "output_type": "latent"}
     if pipeline != "consistency" or opts.steps is not None:
@@ -284,16 +314,28 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     start = time.perf_counter()
     samples = pipe(**kwargs).images
     seconds = time.perf_counter() - start
-    images = to_images(samples, "np", scale_from_signed=pipe.signed_output)
-    writes = [(output, lambda tmp: imaging.save_png(tmp, images, scale=opts.scale))]
+    # The data's units (B, C, H, W), unclipped, like the training and reference fields, so the
+    # .npy goes straight into `evaluate --generated`: model space (samplers working in [0, 1]
+    # mapped to [-1, 1]) through the model's stored mean/std (none stored: model space itself).
+    model_space = samples.asnumpy() if pipe.signed_output else samples.asnumpy() * np.float32(2) - np.float32(1)
+    fields = pipe.to_data_units(model_space)
+    shown = ""
+    if rgb:
+        images = to_images(samples, "np", scale_from_signed=pipe.signed_output)
+        writes = [(output, lambda tmp: imaging.save_png(tmp, images, scale=opts.scale))]
+    else:
+        try:
+            vmin, vmax = imaging.fitted_range(fields if fields.shape[1] == 1 else fields.mean(axis=1), opts.vmin,
+                                              opts.vmax)
+        except ValueError as err:
+            raise UsageError(f"colour range: {err}") from err
+        shown = f", colour range [{vmin:.4g}, {vmax:.4g}]"
+        writes = [(output, lambda tmp: imaging.save_field_png(tmp, fields, scale=opts.scale, vmin=vmin, vmax=vmax))]
     if save_npy_path:
-        # Model space (B, C, H, W), unclipped, like training and reference fields, so the file
-        # goes straight into `evaluate --generated`; samplers working in [0, 1] are mapped to [-1, 1].
-        fields = samples.asnumpy() if pipe.signed_output else samples.asnumpy() * np.float32(2) - np.float32(1)
         writes.append((save_npy_path, _npy_writer(fields)))
     _write_all(writes)
     steps = kwargs.get("num_inference_steps", 1)
-    print(f"wrote {output} ({len(images)} samples, {pipeline}, {steps} steps, {seconds:.1f} s)")
+    print(f"wrote {output} ({len(fields)} samples, {pipeline}, {steps} steps, {seconds:.1f} s{shown})")
     return 0
 
 
@@ -344,12 +386,14 @@ def cmd_train(opts: argparse.Namespace) -> int:
     # Fields are not bounded images: DDIM's default x0 clipping to [-1, 1] would cut their tails.
     spec = Path(str(opts.data))
     images = spec.is_dir() or spec.suffix.lower() in IMAGE_SUFFIXES
-    scheduler = DDIMScheduler(prediction_type=opts.prediction_type, clip_sample=images)
+    # Standardised data have unit std: clipping x0 to [-1, 1] in model units would cut them too.
+    scheduler = DDIMScheduler(prediction_type=opts.prediction_type, clip_sample=images and opts.normalize is not True)
     trainer = DiffusionTrainer(
         unet, scheduler,
         learning_rate=opts.learning_rate, batch_size=opts.batch_size, loss=opts.loss,
         weighting=None if opts.weighting == "none" else opts.weighting,
         ema_decay=opts.ema_decay, seed=opts.seed, output_dir=opts.output, checkpoint_every=opts.checkpoint_every,
+        normalize=opts.normalize,
     )
     if earlier and opts.overwrite and not opts.resume:
         for name in earlier:
@@ -367,6 +411,11 @@ def cmd_train(opts: argparse.Namespace) -> int:
               f"resume with: mindscience-diffuser {' '.join(args)} --resume", file=sys.stderr)
         return code
     final = trainer.save_pretrained(Path(opts.output) / "final")
+    if not opts.quiet and trainer.data_normalization is not None:
+        from .normalization import describe
+
+        print(f"trained on standardised data ({describe(trainer.data_normalization)}, stored with the model): "
+              "sample writes the data's units")
     if not opts.quiet:
         done = f"{trainer.step - start} steps ({start + 1} to {trainer.step})" if start else f"{trainer.step} steps"
         print(f"trained {done}; pipeline written to {final}")
@@ -382,6 +431,13 @@ def cmd_evaluate(opts: argparse.Namespace) -> int:
     metrics = evaluation.evaluate(generated, reference)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     print(text)
+    gap = abs(metrics["mean_generated"] - metrics["mean_reference"])
+    spread = max(metrics["std_generated"], metrics["std_reference"])
+    if gap > 5 * spread or not 0.05 < metrics["std_generated"] / max(metrics["std_reference"], 1e-300) < 20:
+        print(f"note: the generated fields (mean {metrics['mean_generated']:.4g}, std {metrics['std_generated']:.4g}) "
+              f"and the reference (mean {metrics['mean_reference']:.4g}, std {metrics['std_reference']:.4g}) look "
+              "like different units; `sample --save-npy` writes the data's units (fields from before it did, or "
+              "output_type='latent', are model units)", file=sys.stderr)
     writes = []
     if output:
         writes.append((output, lambda tmp: tmp.write_text(text + "\n")))
@@ -404,14 +460,14 @@ def cmd_invert(opts: argparse.Namespace) -> int:
     _check_model_kind(model, "dpmsolver")
     pipe = _build_pipeline(model, "dpmsolver", "float32")
     pipe.set_progress_bar_config(disable=opts.quiet)
-    samples = _load_array(_existing_path(opts.input))
-    latents = pipe.invert(ms.Tensor(samples.astype(np.float32)), num_inference_steps=opts.steps)
+    samples = _load_array(_existing_path(opts.input))  # the data's units, as `sample --save-npy` writes them
+    latents = pipe.invert(ms.Tensor(pipe.to_model_units(samples)), num_inference_steps=opts.steps)
     latents = latents.asnumpy() if hasattr(latents, "asnumpy") else np.asarray(latents)
     writes = [(output, _npy_writer(latents))]
     message = f"wrote {output}: latents {latents.shape}"
     if reconstruct:
         recon = pipe(batch_size=len(latents), latents=ms.Tensor(latents), num_inference_steps=opts.steps,
-                     output_type="latent").images.asnumpy()
+                     output_type="field").images.asnumpy()
         writes.append((reconstruct, _npy_writer(recon)))
         message += f"; reconstruction max abs error {float(np.abs(recon - samples).max()):.3e} -> {reconstruct}"
     _write_all(writes)
@@ -573,8 +629,13 @@ COMMANDS: Tuple[Command, ...] = (
         Option("compute_dtype", "UNet and scheduler precision", default="float32", choices=("float32", "float16")),
         Option("output", "PNG path", default="samples.png"),
         Option("save_npy",
-               "also save the samples as fields (B, C, H, W) in model space, unclipped, ready for evaluate"),
+               "also save the samples as fields (B, C, H, W) in the data's units (the model's stored per-channel "
+               "mean/std applied; model space for a model that stores none), unclipped, ready for evaluate"),
         Option("scale", "PNG upscaling factor", _positive_int, default=4),
+        Option("vmin", "lower end of the PNG's colour range, in the data's units (fields only)", _number,
+               shown_default="fitted: the batch's 0.5th percentile"),
+        Option("vmax", "upper end of the PNG's colour range, in the data's units (fields only)", _number,
+               shown_default="fitted: the batch's 99.5th percentile"),
     )),
     Command("train", "train a UNet2DModel on fields or images", cmd_train, _common() + (
         Option("data", "a .npy/.npz of (B, C, H, W) fields, an image folder, or synthetic:grf / synthetic:darcy",
@@ -595,22 +656,27 @@ COMMANDS: Tuple[Command, ...] = (
         Option("resume", "continue from the checkpoint in --output", _boolean, default=False),
         Option("overwrite", "start afresh in an --output that holds an earlier run's checkpoints (they are deleted)",
                _boolean, default=False),
+        Option("normalize", "auto, true or false: train on per-channel standardised data and store the mean/std "
+               "with the model, so sample writes the data's units (auto: only for data far from [-1, 1])",
+               _auto_or_boolean, default="auto"),
         Option("seed", "random seed", _integer, default=0),
     )),
     Command("evaluate", "compare generated fields with reference fields (power spectrum, histogram)",
             cmd_evaluate, _common() + (
-        Option("generated", ".npy/.npz or image folder of generated fields", required=True),
-        Option("reference", ".npy/.npz or image folder of reference fields", required=True),
+        Option("generated", ".npy/.npz or image folder of generated fields, in the data's units "
+               "(as sample --save-npy writes them)", required=True),
+        Option("reference", ".npy/.npz or image folder of reference fields, in the data's units", required=True),
         Option("output", "write the metrics as JSON here"),
         Option("plot", "write a PNG of both radially averaged spectra here"),
         Option("max_spectrum_error", "exit 1 if the spectrum error is larger", _number),
     )),
     Command("invert", "DPM-Solver inversion of fields to latents", cmd_invert, _common() + (
         Option("model", "pipeline folder", shown_default="the shipped field model"),
-        Option("input", ".npy/.npz (B, C, H, W) fields in the model's range", required=True),
+        Option("input", ".npy/.npz (B, C, H, W) fields in the data's units (as sample --save-npy writes them)",
+               required=True),
         Option("steps", "inversion steps", _positive_int, default=25),
         Option("output", ".npy path for the latents", default="latents.npy"),
-        Option("reconstruct", "also sample back from the latents and save the reconstruction here"),
+        Option("reconstruct", "also sample back from the latents and save the reconstruction (data units) here"),
     )),
     Command("convert", "diffusers folder (safetensors) <-> MindSpore .ckpt", cmd_convert, _common("pynative") + (
         Option("input", "a diffusers UNet or pipeline folder, or a .ckpt", required=True),

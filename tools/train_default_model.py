@@ -109,7 +109,7 @@ def cmd_evaluate(args) -> None:
     generate_samples(unet, scheduler, args.batch, num_inference_steps=args.steps, seed=123, batch_size=args.batch)
     begun = time.time()
     generated = generate_samples(unet, scheduler, args.samples, num_inference_steps=args.steps, seed=args.seed,
-                                 batch_size=args.batch)
+                                 batch_size=args.batch, data_normalization=pipe.data_normalization)
     seconds = time.time() - begun
     # Wall time of one 16-field batch (after its own compile): the "sample in seconds" figure.
     generate_samples(unet, scheduler, 16, num_inference_steps=args.steps, seed=7, batch_size=16)

@@ -56,8 +56,9 @@ class DDIMPipeline(DiffusionPipeline):
             num_inference_steps: number of denoising steps.
             use_clipped_model_output: recompute ε from the clipped x̂0 (see ``DDIMScheduler.step``).
             output_type: ``"pil"`` (list of PIL images), ``"np"`` ((B, H, W, C) float32 in
-                [0, 1]), ``"ms"`` ((B, C, H, W) Tensor in [0, 1]) or ``"latent"`` (the
-                (B, C, H, W) sample in model space, unclipped).
+                [0, 1]), ``"ms"`` ((B, C, H, W) Tensor in [0, 1]), ``"latent"`` (the
+                (B, C, H, W) sample in model space, unclipped) or ``"field"`` (that sample in
+                the training data's units: see ``data_normalization``).
             return_dict: return :class:`ImagePipelineOutput` (True) or the tuple ``(images,)``.
             latents: the starting noise, (batch_size, in_channels, H, W) Tensor or numpy array.
         """

@@ -26,13 +26,14 @@ import numpy as np
 from mindspore import Tensor
 
 from ..configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig, _read_json, write_json_atomically
+from ..normalization import MODEL_INDEX_KEY, DataNormalization
 from ..outputs import ImagePipelineOutput
 from ..schedulers.base import VPSchedulerBase
 from ..schedulers.euler_discrete import EulerDiscreteScheduler
 from ..utils import GeneratorLike, as_numpy_generator, check_choice, check_positive
 from .sampling_loop import SamplingLoop, loop_constants_for
 
-OUTPUT_TYPES = ("pil", "np", "ms", "latent")
+OUTPUT_TYPES = ("pil", "np", "ms", "latent", "field")
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
@@ -58,7 +59,8 @@ def to_images(sample: Tensor, output_type: str, scale_from_signed: bool = True):
     """The final sample (B, C, H, W) as ``output_type``: values mapped x/2 + 0.5 (unless the
     sampler already works in [0, 1]) and clipped to [0, 1]; "np" (B, H, W, C) float32, "pil" a
     list of PIL images, "ms" a (B, C, H, W) MindSpore Tensor. "latent" is the sample itself
-    as a float32 Tensor, neither rescaled nor clipped: a field's values as the model made them."""
+    as a float32 Tensor, neither rescaled nor clipped: a field's values as the model made them
+    (model units; a pipeline's ``output_type="field"`` maps them to the data's units)."""
     if output_type == "latent":
         return sample.astype(ms.float32)
     x = sample.asnumpy().astype(np.float32)
@@ -134,9 +136,12 @@ def _component_classes() -> Dict[str, type]:
 MODEL_INDEX_NAME = "model_index.json"
 
 
-def model_index(pipeline_class: str, components: Mapping[str, Any]) -> Dict[str, Any]:
+def model_index(pipeline_class: str, components: Mapping[str, Any],
+                data_normalization: Optional[DataNormalization] = None) -> Dict[str, Any]:
     """The ``model_index.json`` content of a pipeline folder: ``_class_name``, the format
-    version, and each component's ``["diffusers", class name]`` (``[None, None]`` for ``None``).
+    version, each component's ``["diffusers", class name]`` (``[None, None]`` for ``None``)
+    and, when given, the training data's statistics under ``"_data_normalization"``
+    (``{"mean": [...], "std": [...]}``, per channel; a private key, which diffusers ignores).
 
     >>> from mindscience_diffuser import DDIMScheduler
     >>> model_index("DDIMPipeline", {"scheduler": DDIMScheduler(), "unet": None})["scheduler"]
@@ -145,14 +150,19 @@ def model_index(pipeline_class: str, components: Mapping[str, Any]) -> Dict[str,
     data: Dict[str, Any] = {"_class_name": pipeline_class, "_diffusers_version": DIFFUSERS_FORMAT_VERSION}
     for name, module in components.items():
         data[name] = ["diffusers", type(module).__name__] if module is not None else [None, None]
+    if data_normalization is not None:
+        data[MODEL_INDEX_KEY] = data_normalization.to_dict()
     return data
 
 
 def save_pipeline_folder(save_directory: Union[str, os.PathLike], pipeline_class: str,
-                         components: Mapping[str, Any]) -> Path:
+                         components: Mapping[str, Any], data_normalization=None) -> Path:
     """Write diffusers' pipeline layout: each component in its subfolder (``save_pretrained``
     where it has one, else ``save_config``: ``unet/`` config + safetensors, ``scheduler/``
-    ``scheduler_config.json``), then ``model_index.json`` naming ``pipeline_class``."""
+    ``scheduler_config.json``), then ``model_index.json`` naming ``pipeline_class`` (and holding
+    ``data_normalization``, a :class:`~mindscience_diffuser.normalization.DataNormalization`
+    or ``{"mean", "std"}`` mapping, when given)."""
+    data_normalization = DataNormalization.coerce(data_normalization, _sample_channels(components.get("unet")))
     directory = Path(save_directory)
     if directory.is_file():
         raise OSError(f"save_directory must be a directory, but {directory} is a file")
@@ -164,8 +174,14 @@ def save_pipeline_folder(save_directory: Union[str, os.PathLike], pipeline_class
             module.save_pretrained(directory / name)
         else:
             module.save_config(directory / name)
-    write_json_atomically(directory / MODEL_INDEX_NAME, model_index(pipeline_class, components))
+    write_json_atomically(directory / MODEL_INDEX_NAME, model_index(pipeline_class, components, data_normalization))
     return directory
+
+
+def _sample_channels(unet) -> Optional[int]:
+    """The channels of the samples ``unet`` makes (its ``in_channels``), or None when it has no config."""
+    config = getattr(unet, "config", None)
+    return config.get("in_channels") if hasattr(config, "get") else None
 
 
 def _pipeline_classes() -> Dict[str, type]:
@@ -185,6 +201,11 @@ class DiffusionPipeline:
     Execution: under GRAPH_MODE the loop is compiled; in PyNative it runs eagerly with a tqdm
     progress bar (``set_progress_bar_config(disable=True)`` switches it off), or compiled with
     ``ms.jit`` when ``use_jit`` is True.
+
+    Units: the model works in *model units*; :attr:`data_normalization` (the per-channel mean
+    and std of the training data, stored in ``model_index.json``; ``None``: none stored, the
+    identity) maps them to the data's units. ``output_type="field"`` returns samples in data
+    units, ``"latent"`` in model units; :meth:`to_data_units` / :meth:`to_model_units` convert.
     """
 
     config_name = MODEL_INDEX_NAME
@@ -200,6 +221,44 @@ class DiffusionPipeline:
         self._progress_bar_config: Dict[str, Any] = {}
         self._loops: Dict[tuple, SamplingLoop] = {}
         self.use_jit = False
+        self._data_normalization: Optional[DataNormalization] = None
+
+    # -- units ---------------------------------------------------------------------------------
+    @property
+    def data_normalization(self) -> Optional[DataNormalization]:
+        """The per-channel ``mean``/``std`` of the training data (a
+        :class:`~mindscience_diffuser.normalization.DataNormalization`), or ``None`` when the
+        model works in the data's units. Assign a ``DataNormalization``, a mapping
+        ``{"mean": [...], "std": [...]}`` or ``None``; lengths must match the UNet's channels,
+        every value be finite and every std > 0 (``ValueError``)."""
+        return self._data_normalization
+
+    @data_normalization.setter
+    def data_normalization(self, value) -> None:
+        self._data_normalization = DataNormalization.coerce(value, _sample_channels(getattr(self, "unet", None)))
+
+    def to_data_units(self, samples):
+        """Model-unit samples (B, C, H, W; numpy array or Tensor) in the data's units:
+        ``x · std + mean`` per channel, float32; the samples as float32 when no statistics are stored."""
+        if self._data_normalization is None:
+            return samples.astype(ms.float32) if isinstance(samples, Tensor) else np.asarray(samples, np.float32)
+        return self._data_normalization.to_data_units(samples)
+
+    def to_model_units(self, fields):
+        """Fields in the data's units (B, C, H, W) in model units: ``(x − mean) / std`` per
+        channel, float32 (the inverse of :meth:`to_data_units`); what ``invert`` takes."""
+        if self._data_normalization is None:
+            return fields.astype(ms.float32) if isinstance(fields, Tensor) else np.asarray(fields, np.float32)
+        return self._data_normalization.to_model_units(fields)
+
+    def _convert_output(self, final: Tensor, output_type: str):
+        """The loop's final sample as ``output_type``: ``"field"`` in the data's units (samplers
+        that end in [0, 1] are first mapped to [-1, 1], the model space they were trained in),
+        every other type by :func:`to_images`."""
+        if output_type != "field":
+            return to_images(final, output_type, scale_from_signed=self.signed_output)
+        sample = final.astype(ms.float32)
+        return self.to_data_units(sample if self.signed_output else sample * 2.0 - 1.0)
 
     # -- components --------------------------------------------------------------------------
     def register_modules(self, **modules) -> None:
@@ -220,19 +279,22 @@ class DiffusionPipeline:
 
     @property
     def components(self) -> Dict[str, Any]:
-        """The components by name (pass them to another pipeline: ``OtherPipeline(**pipe.components)``)."""
+        """The components by name (pass them to another pipeline: ``OtherPipeline(**pipe.components)``;
+        the statistics travel separately: ``other.data_normalization = pipe.data_normalization``)."""
         return {name: getattr(self, name) for name in self._component_names}
 
     @property
     def config(self) -> FrozenConfig:
-        """The ``model_index.json`` content: each component's ``(library, class name)``."""
-        return FrozenConfig(model_index(type(self).__name__, self.components))
+        """The ``model_index.json`` content: each component's ``(library, class name)`` and
+        the stored :attr:`data_normalization`, if any."""
+        return FrozenConfig(model_index(type(self).__name__, self.components, self._data_normalization))
 
     # -- save / load ---------------------------------------------------------------------------
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> Path:
         """Write ``model_index.json``, ``unet/`` (config + safetensors) and ``scheduler/``
-        (``scheduler_config.json``) as diffusers' ``save_pretrained`` does; returns the folder."""
-        return save_pipeline_folder(save_directory, type(self).__name__, self.components)
+        (``scheduler_config.json``) as diffusers' ``save_pretrained`` does, with
+        :attr:`data_normalization` in ``model_index.json``; returns the folder."""
+        return save_pipeline_folder(save_directory, type(self).__name__, self.components, self._data_normalization)
 
     @classmethod
     def from_pretrained(cls, pretrained_path: Union[str, os.PathLike], compute_dtype=ms.float32, **components):
@@ -240,7 +302,8 @@ class DiffusionPipeline:
 
         Called on ``DiffusionPipeline`` itself, the class named by ``model_index.json`` is built;
         called on a subclass, that subclass is. Components passed as keywords (``scheduler=...``)
-        replace the stored ones. ``compute_dtype`` applies to the UNet and the scheduler.
+        replace the stored ones. ``compute_dtype`` applies to the UNet and the scheduler. The
+        statistics stored under ``"_data_normalization"`` become :attr:`data_normalization`.
         """
         directory = Path(pretrained_path)
         if not directory.is_dir():
@@ -270,7 +333,12 @@ class DiffusionPipeline:
                                  f"known: {sorted(classes)}")
             loaded[name] = component_cls.from_pretrained(directory, subfolder=name, compute_dtype=compute_dtype)
         loaded.update(components)
-        return target(**loaded)
+        pipe = target(**loaded)
+        try:
+            pipe.data_normalization = index.get(MODEL_INDEX_KEY)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{directory / cls.config_name}: {MODEL_INDEX_KEY} {err}") from err
+        return pipe
 
     # -- progress bar --------------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs) -> None:
@@ -371,7 +439,7 @@ class DiffusionPipeline:
         finally:
             if bar is not None:
                 bar.close()
-        images = to_images(final, output_type, scale_from_signed=self.signed_output)
+        images = self._convert_output(final, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
     def _class_labels(self, class_labels, batch_size: int, rng: np.random.Generator) -> Optional[Tensor]:

@@ -38,8 +38,10 @@ def dataset_from_spec(spec: Union[str, os.PathLike], num_samples: int = 2048, si
 
 
 def generate_samples(unet, scheduler, num_samples: int, num_inference_steps: int = 20, seed: int = 0,
-                     batch_size: int = 64) -> np.ndarray:
-    """``num_samples`` fields (N, C, H, W) in model space, unclipped (``output_type="latent"``).
+                     batch_size: int = 64, data_normalization=None) -> np.ndarray:
+    """``num_samples`` fields (N, C, H, W), unclipped, in the data's units (``output_type="field"``):
+    ``data_normalization`` — the statistics the model was trained in, ``trainer.data_normalization``
+    or ``pipe.data_normalization`` — maps them back; ``None`` leaves them in model space.
 
     ``DDPMPipeline`` drives the scheduler as given, with that scheduler's own sampling loop
     (DDIM deterministic, eta = 0; DPM-Solver; DDPM; Euler). Batches draw their starting noise in
@@ -48,6 +50,7 @@ def generate_samples(unet, scheduler, num_samples: int, num_inference_steps: int
     from ..pipelines import DDPMPipeline
 
     pipe = DDPMPipeline(unet, scheduler)
+    pipe.data_normalization = data_normalization
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(seed)
     chunks = []
@@ -55,7 +58,7 @@ def generate_samples(unet, scheduler, num_samples: int, num_inference_steps: int
     while done < num_samples:
         n = min(batch_size, num_samples - done)
         fields = pipe(batch_size=n, num_inference_steps=num_inference_steps, generator=rng,
-                      output_type="latent").images
+                      output_type="field").images
         chunks.append(fields.asnumpy())
         done += n
     return np.concatenate(chunks)

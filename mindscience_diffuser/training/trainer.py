@@ -17,6 +17,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -27,6 +28,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from ..configuration import write_json_atomically
 from ..io_utils import atomic_folder
 from ..models.weights import WEIGHTS_NAME, check_state_arrays, load_model_weights, read_weights, state_arrays
+from ..normalization import DataNormalization, describe, far_from_unit_range
 from ..utils import ArgumentTypeError, check_choice, check_positive
 from .datasets import BatchOrder, FieldDataset, as_dataset
 
@@ -34,6 +36,7 @@ LOSSES = ("mse", "l1")
 WEIGHTINGS = (None, "p2", "min_snr")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+NORMALIZE_CHOICES = ("auto", True, False)
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -268,6 +271,15 @@ class TrainerConfig:
             :meth:`DiffusionTrainer.train` returns, which always saves).
         keep_checkpoints: how many recent checkpoints to keep (an int >= 1; older ones are deleted).
         data_parallel: ``True`` all-reduces gradients across the ranks of a ``msrun`` launch (see docs/training.md).
+        normalize: train on per-channel standardised data, (x − mean) / std, and store mean and
+            std with the model so that sampling returns the data's units: ``True`` always;
+            ``"auto"`` (default) only when the data are far from [-1, 1] (see
+            :func:`~mindscience_diffuser.normalization.far_from_unit_range`), so data already
+            scaled for diffusion (images in [-1, 1], the synthetic fields) train as they are and
+            store nothing; ``False`` never (training on data far from [-1, 1] then warns).
+        data_mean: per-channel mean to normalise with, in the data's units (a number or one per
+            channel), instead of the one measured on the training data; needs ``data_std``.
+        data_std: per-channel standard deviation (each > 0) to go with ``data_mean``.
 
     >>> config = TrainerConfig(batch_size=8, lr_schedule="cosine", num_training_steps=100)
     >>> config.batch_size, config.hparams()["lr_schedule"]
@@ -297,6 +309,9 @@ class TrainerConfig:
     checkpoint_every: Optional[int] = None
     keep_checkpoints: int = 2
     data_parallel: bool = False
+    normalize: Union[bool, str] = "auto"
+    data_mean: Optional[Tuple[float, ...]] = None
+    data_std: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self) -> None:
         def store(name: str, value) -> None:
@@ -349,6 +364,22 @@ class TrainerConfig:
             raise ArgumentTypeError(f"data_parallel must be True or False, got {type(self.data_parallel).__name__} "
                                     f"{self.data_parallel!r}")
         store("data_parallel", bool(self.data_parallel))
+        normalize = bool(self.normalize) if isinstance(self.normalize, np.bool_) else self.normalize
+        if not (normalize is True or normalize is False or (isinstance(normalize, str) and normalize == "auto")):
+            raise ValueError(f"normalize must be one of {list(NORMALIZE_CHOICES)}, got {self.normalize!r}")
+        store("normalize", normalize)
+        if (self.data_mean is None) != (self.data_std is None):
+            raise ValueError("data_mean and data_std go together: pass both (per-channel statistics) or neither")
+        if self.data_mean is not None:
+            if normalize is False:
+                raise ValueError("data_mean/data_std normalise the data, but normalize=False: drop one or the other")
+            given = DataNormalization(mean=self.data_mean, std=self.data_std)
+            store("data_mean", given.mean)
+            store("data_std", given.std)
+
+    def data_normalization(self) -> Optional[DataNormalization]:
+        """The statistics given as ``data_mean`` / ``data_std``, or None."""
+        return None if self.data_mean is None else DataNormalization(mean=self.data_mean, std=self.data_std)
 
     def hparams(self) -> Dict[str, object]:
         """The training hyper-parameters (every field but :data:`RUN_OPTIONS`) as a JSON-ready
@@ -400,6 +431,9 @@ class DiffusionTrainer:
         checkpoint_every: Optional[int] = None,
         keep_checkpoints: int = 2,
         data_parallel: bool = False,
+        normalize: Union[bool, str] = "auto",
+        data_mean=None,
+        data_std=None,
     ):
         options = dict(locals())
         if not isinstance(model, nn.Cell):
@@ -421,6 +455,14 @@ class DiffusionTrainer:
         self.history: List[Tuple[int, float]] = []
         self._order: Optional[BatchOrder] = None
         self._pending_order_state: Optional[dict] = None
+        #: The per-channel statistics the model is trained in (data → model units), stored with
+        #: the exported pipeline; None: the model works in the data's units. Known from the
+        #: start when given or ``normalize=False``; else :meth:`fit_normalization` decides.
+        self.data_normalization: Optional[DataNormalization] = config.data_normalization()
+        self._normalization_known = config.data_mean is not None or config.normalize is False
+        in_channels = getattr(getattr(model, "config", None), "get", lambda *_: None)("in_channels")
+        if self.data_normalization is not None and in_channels is not None:
+            DataNormalization.coerce(self.data_normalization, in_channels, "data_mean/data_std")
 
         self.rank, self.world_size = _rank_and_size() if config.data_parallel else (0, 1)
         reducer = None
@@ -479,7 +521,8 @@ class DiffusionTrainer:
                                 c.lr_decay_steps)
 
     def train_step(self, batch) -> float:
-        """One optimizer step on ``batch`` (a (B, C, H, W) array or Tensor); returns the loss."""
+        """One optimizer step on ``batch`` (a (B, C, H, W) array or Tensor, in model units:
+        :meth:`train` normalises its dataset first); returns the loss."""
         x0 = batch.asnumpy() if isinstance(batch, Tensor) else np.asarray(batch, np.float32)
         if x0.ndim != 4:
             raise ValueError(f"batch must be shaped (B, C, H, W), got shape {x0.shape}")
@@ -509,6 +552,38 @@ class DiffusionTrainer:
         if in_channels is not None and data.sample_shape[0] != in_channels:
             raise ValueError(f"dataset has {data.sample_shape[0]} channels but the model's in_channels is "
                              f"{in_channels}")
+        if self.data_normalization is not None and self.data_normalization.num_channels != data.sample_shape[0]:
+            raise ValueError(f"dataset has {data.sample_shape[0]} channels but the data statistics have "
+                             f"{self.data_normalization.num_channels}")
+
+    # ---- units ------------------------------------------------------------------------------
+
+    def fit_normalization(self, dataset) -> Optional[DataNormalization]:
+        """Decide :attr:`data_normalization` from ``dataset`` (what :meth:`train` does on its
+        first call): the per-channel mean and std of the data with ``normalize=True``, or with
+        ``"auto"`` when the data are far from [-1, 1]; None otherwise. Statistics given as
+        ``data_mean``/``data_std`` or restored from a checkpoint are kept as they are."""
+        if not self._normalization_known:
+            measured = DataNormalization.from_data(as_dataset(dataset).data)
+            wanted = self.config.normalize is True or far_from_unit_range(measured)
+            self.data_normalization = measured if wanted else None
+            self._normalization_known = True
+        return self.data_normalization
+
+    def _model_units(self, data: FieldDataset) -> FieldDataset:
+        """``data`` as the model trains on it; warns when it is far from [-1, 1] unnormalised."""
+        if self.data_normalization is not None:
+            return FieldDataset(self.data_normalization.to_model_units(data.data))
+        stats = DataNormalization.from_data(data.data)
+        if far_from_unit_range(stats):
+            warnings.warn(
+                f"training on data far from [-1, 1] without normalisation ({describe(stats)}): the model learns to "
+                "remove unit-variance noise, so it would spend its capacity on the offset or miss the signal. Pass "
+                "normalize=True (or 'auto', the default; `train --normalize auto` on the command line) to train on "
+                "standardised data and sample in the data's units, or give data_mean/data_std, or rescale the data "
+                "to about [-1, 1] yourself.",
+                UserWarning, stacklevel=3)
+        return data
 
     def train(
         self,
@@ -524,7 +599,10 @@ class DiffusionTrainer:
         """Train until ``num_steps`` optimizer steps have been taken in total (a resumed run
         continues from its checkpoint's step). Returns the ``(step, loss)`` history.
 
-        ``dataset``: a FieldDataset, a (N, C, H, W) array, a .npy/.npz path or an image folder.
+        ``dataset``: a FieldDataset, a (N, C, H, W) array, a .npy/.npz path or an image folder,
+        in the data's units: the first call decides :attr:`data_normalization`
+        (:meth:`fit_normalization`; a resumed run keeps its checkpoint's) and every batch is
+        normalised with it.
         ``resume_from``: a checkpoint directory, or ``"latest"`` for the newest one in
         ``output_dir`` (a fresh start if there is none). ``callback(trainer, loss)`` runs after
         every step. ``stop_after`` / ``max_seconds``: stop early after this many steps / seconds of
@@ -548,6 +626,9 @@ class DiffusionTrainer:
                 resume_from = latest_checkpoint(config.output_dir)
             if resume_from is not None:
                 self.load_checkpoint(resume_from)
+        self.fit_normalization(data)
+        self._check_dataset(data)
+        data = self._model_units(data)
         if self._order is None or self._order.num_items != len(data):
             self._order = BatchOrder(len(data), config.batch_size, config.seed, self.rank, self.world_size)
         if self._pending_order_state is not None:
@@ -622,6 +703,10 @@ class DiffusionTrainer:
         ``scheduler``: the sampler to ship with the model (default: the training scheduler). It
         must share the training noise schedule and ``prediction_type``, which are what the
         weights were trained for; the sampling options (solver, step spacing) are free.
+
+        :attr:`data_normalization`, when set, goes to ``model_index.json`` as
+        ``"_data_normalization"`` (diffusers ignores it), so the loaded pipeline's
+        ``output_type="field"`` returns the data's units.
         """
         from ..pipelines.pipeline_utils import save_pipeline_folder
 
@@ -639,8 +724,15 @@ class DiffusionTrainer:
             if shipped != trained or not same_table:
                 raise ValueError(f"scheduler must keep the training noise schedule and prediction_type {trained}, "
                                  f"got {shipped}")
+        norm = self.data_normalization
+        clips = scheduler.config.get("clip_sample") or scheduler.config.get("thresholding")
+        if norm is not None and clips:
+            warnings.warn(
+                f"the shipped {type(scheduler).__name__} clips x0 (clip_sample/thresholding) in model units, where "
+                "the normalised data have unit standard deviation: it would cut the fields' tails. Ship a scheduler "
+                "with clip_sample=False (and thresholding=False) through scheduler=.", UserWarning, stacklevel=2)
         model = self.ema_model() if use_ema else self.model
-        return save_pipeline_folder(directory, pipeline_class, {"unet": model, "scheduler": scheduler})
+        return save_pipeline_folder(directory, pipeline_class, {"unet": model, "scheduler": scheduler}, norm)
 
     # ---- checkpoints ------------------------------------------------------------------------
 
@@ -655,7 +747,8 @@ class DiffusionTrainer:
     def save_checkpoint(self, directory: Optional[Union[str, os.PathLike]] = None) -> Optional[Path]:
         """Write ``checkpoint-<step>`` (under ``output_dir`` unless ``directory`` is given):
         ``unet/`` (model, diffusers layout), ``unet_ema/`` (EMA weights, same layout),
-        ``optimizer.safetensors``, ``trainer_state.json`` (step, data order, hyper-parameters).
+        ``optimizer.safetensors``, ``trainer_state.json`` (step, data order, hyper-parameters,
+        ``data_normalization``: the statistics the model trains in, or null).
         Everything goes to a temporary directory that is renamed into place, so a crash leaves
         either the previous checkpoint or the complete new one. Only rank 0 writes."""
         from safetensors.numpy import save_file
@@ -677,6 +770,7 @@ class DiffusionTrainer:
                 "data_order": self._order.state_dict() if self._order is not None else self._pending_order_state,
                 "hparams": dict(self.config.hparams(), prediction_type=self.scheduler.config.prediction_type),
                 "world_size": self.world_size,
+                "data_normalization": None if self.data_normalization is None else self.data_normalization.to_dict(),
             }
             write_json_atomically(tmp / STATE_NAME, state)
         self._prune_checkpoints(final.parent)
@@ -706,6 +800,7 @@ class DiffusionTrainer:
         if state.get("hparams", {}).get("seed", seed) != seed:
             raise ValueError(f"checkpoint was trained with seed {state['hparams']['seed']}, this trainer has seed "
                              f"{seed}")
+        norm = self._checkpoint_normalization(state, directory)
         ema = None
         if self.ema_params is not None:  # checked before anything is restored
             ema = read_weights(directory / EMA_DIR)
@@ -720,7 +815,36 @@ class DiffusionTrainer:
             if p.name in opt_arrays:
                 p.set_data(Tensor(opt_arrays[p.name]))
         self.step = int(state["step"])
+        self.data_normalization, self._normalization_known = norm, True
         self._pending_order_state = state.get("data_order")
         if self._order is not None and self._pending_order_state is not None:
             self._order.load_state_dict(self._pending_order_state)
             self._pending_order_state = None
+
+    def _checkpoint_normalization(self, state: dict, directory: Path) -> Optional[DataNormalization]:
+        """The statistics a checkpoint trained in (null or absent: none, as before they were
+        recorded), checked against this trainer's ``normalize`` / ``data_mean`` / ``data_std``."""
+        try:
+            stored = DataNormalization.coerce(state.get("data_normalization"))
+        except (TypeError, ValueError) as err:
+            raise OSError(f"cannot read {directory / STATE_NAME}: data_normalization {err}") from err
+        given, normalize = self.config.data_normalization(), self.config.normalize
+
+        def text(norm):
+            return "no normalisation" if norm is None else describe(norm)
+
+        mismatch = None
+        if given is not None:
+            same = stored is not None and stored.num_channels == given.num_channels and np.allclose(
+                stored.mean, given.mean, rtol=1e-6, atol=0) and np.allclose(stored.std, given.std, rtol=1e-6, atol=0)
+            if not same:
+                mismatch = f"data_mean/data_std give {text(given)}"
+        elif normalize is True and stored is None:
+            mismatch = "normalize=True"
+        elif normalize is False and stored is not None:
+            mismatch = "normalize=False"
+        if mismatch is not None:
+            raise ValueError(f"checkpoint {directory} was trained with {text(stored)}, but this trainer has "
+                             f"{mismatch}; resume with the options of the run that wrote it "
+                             "(normalize='auto' adopts the checkpoint's)")
+        return stored
