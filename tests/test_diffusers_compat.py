@@ -5,6 +5,7 @@ timesteps, the ``return_dict=False`` tuples, and the error for an underflowing s
 import json
 from pathlib import Path
 
+import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor
@@ -111,3 +112,33 @@ def test_an_alpha_bar_that_underflows_is_named_as_such(name):
     if name in ("DDIMScheduler", "DDPMScheduler"):
         # Without an epsilon division the schedule is usable: no error for v-prediction.
         getattr(msd, name)(**options, prediction_type="v_prediction").set_timesteps(10)
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN["before_set_timesteps"]))
+def test_stepping_before_set_timesteps_does_what_diffusers_does(case):
+    """DDPM, Euler and consistency models walk their training schedule; DDIM and DPM-Solver raise."""
+    golden = GOLDEN["before_set_timesteps"][case]
+    scheduler = getattr(msd, case.split("-")[0])(**golden["options"])
+    np.testing.assert_allclose(np.asarray(scheduler.timesteps, np.float64), golden["timesteps"], rtol=1e-6)
+    shape = (2, 1, 4, 4)
+    if golden["raises"]:
+        x = ms.Tensor(np.zeros(shape, np.float32))
+        with pytest.raises(ValueError, match="before set_timesteps"):
+            scheduler.step(x, x, scheduler.timesteps[0])
+        return
+    integer = isinstance(scheduler, msd.DDPMScheduler)
+    x = ms.Tensor(np.reshape(golden["sample"], shape).astype(np.float32))
+    model_output = ms.Tensor(np.reshape(golden["model_output"], shape).astype(np.float32))
+    for entry in golden["walk"]:
+        index = entry["index"]
+        if index > 2 and not integer:
+            scheduler._step_index = index
+        t = scheduler.timesteps[index]
+        t = int(t) if integer else float(t)
+        scaled = scheduler.scale_model_input(x, t)
+        np.testing.assert_allclose(scaled.asnumpy().reshape(-1), entry["scaled"], rtol=1e-5, atol=1e-6)
+        noise = ms.Tensor(np.reshape(entry["noise"], shape).astype(np.float32))
+        x = scheduler.step(model_output, x, t, variance_noise=noise)
+        np.testing.assert_allclose(x.asnumpy().reshape(-1), entry["prev_sample"], rtol=1e-5, atol=1e-6,
+                                   err_msg=f"step at training index {index}")
+    assert scheduler.num_inference_steps is None

@@ -1,6 +1,8 @@
 """Golden file for drop-in compatibility with diffusers' scheduler API: what diffusers 0.42.1 does
 when a config moves from one scheduler class to another, which classes it calls compatible, and
-the length of the tuple each ``step`` returns with ``return_dict=False``.
+the length of the tuple each ``step`` returns with ``return_dict=False``, and what each scheduler
+does when stepped before ``set_timesteps`` (raises, or walks its training schedule: then the first
+steps and the last one, with the noise they draw).
 
 Writes ``tests/golden/compat.json``. Needs the reference stack (``pip install -e ".[ref]"``):
 
@@ -61,6 +63,47 @@ def step_tuple_lengths() -> dict:
     return lengths
 
 
+# Schedulers stepped before set_timesteps, with options that change their training schedule.
+BEFORE_SET_TIMESTEPS = {
+    "DDPMScheduler": {}, "DDPMScheduler-fixed_large": {"variance_type": "fixed_large"},
+    "DDIMScheduler": {}, "DPMSolverMultistepScheduler": {}, "DPMSolverMultistepInverseScheduler": {},
+    "EulerDiscreteScheduler": {},
+    "EulerDiscreteScheduler-continuous_v": {"prediction_type": "v_prediction", "timestep_type": "continuous"},
+    "CMStochasticIterativeScheduler": {},
+}
+
+
+def before_set_timesteps() -> dict:
+    """Per case: ``{"raises": True}``, or the training timesteps it starts from and a short walk
+    (steps 0, 1, 2 and then the last one) from a fixed sample with a fixed model output."""
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 1, 4, 4, generator=gen)
+    model_output = torch.randn(2, 1, 4, 4, generator=gen)
+    cases = {}
+    for key, options in BEFORE_SET_TIMESTEPS.items():
+        sched = getattr(diffusers, key.split("-")[0])(**options)
+        case = {"options": options, "timesteps": [float(t) for t in sched.timesteps]}
+        try:
+            sched.step(model_output, sched.timesteps[0], sample)
+        except ValueError:
+            cases[key] = dict(case, raises=True)
+            continue
+        sched = getattr(diffusers, key.split("-")[0])(**options)
+        x, walk = sample, []
+        for index in (0, 1, 2, len(sched.timesteps) - 1):
+            if hasattr(sched, "_step_index") and index > 2:
+                sched._step_index = index
+            t = sched.timesteps[index]
+            scaled = sched.scale_model_input(x, t)
+            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(index))
+            x = sched.step(model_output, t, x, generator=torch.Generator().manual_seed(index)).prev_sample
+            walk.append({"index": index, "scaled": scaled.flatten().tolist(), "noise": noise.flatten().tolist(),
+                         "prev_sample": x.flatten().tolist()})
+        cases[key] = dict(case, raises=False, sample=sample.flatten().tolist(),
+                          model_output=model_output.flatten().tolist(), walk=walk)
+    return cases
+
+
 def main() -> None:
     torch.manual_seed(0)
     chains = {}
@@ -73,7 +116,7 @@ def main() -> None:
         name: sorted(c.__name__ for c in getattr(diffusers, name)().compatibles if c.__name__ in OURS) for name in OURS
     }
     data = {"diffusers_version": diffusers.__version__, "chains": chains, "compatibles": compatibles,
-            "step_tuple_lengths": step_tuple_lengths()}
+            "step_tuple_lengths": step_tuple_lengths(), "before_set_timesteps": before_set_timesteps()}
     OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {OUT}")
 

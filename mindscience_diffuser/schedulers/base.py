@@ -148,10 +148,25 @@ class SchedulerBase(nn.Cell, ConfigMixin):
         return x if x.dtype == self.compute_dtype else x.astype(self.compute_dtype)
 
     # -- host-side argument handling ---------------------------------------------------------
+    #: before ``set_timesteps``, ``step`` walks the training schedule (as diffusers' DDPM, Euler and
+    #: consistency-model schedulers do) instead of raising (as its DDIM and DPM-Solver do)
+    steps_on_training_schedule = False
+    _training_schedule_installed = False
+
     def _check_ready(self) -> None:
-        if self.num_inference_steps is None:
+        if self.num_inference_steps is not None:
+            return
+        if not self.steps_on_training_schedule:
             raise ValueError(f"{type(self).__name__}.step was called before set_timesteps; call "
                              "set_timesteps(num_inference_steps) first")
+        if not self._training_schedule_installed:
+            self._install_training_schedule()
+            self._training_schedule_installed = True
+
+    def _install_training_schedule(self) -> None:
+        """The device tables of the schedule ``__init__`` set on the host (every training step);
+        ``num_inference_steps`` stays None, as in diffusers."""
+        raise NotImplementedError
 
     def _check_num_inference_steps(self, num_inference_steps, upper: Optional[int] = None) -> int:
         check_positive("num_inference_steps", num_inference_steps, integer=True)

@@ -83,6 +83,12 @@ class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, Scheduler
         self.custom_timesteps = False
         self._reset_step_index()
 
+    steps_on_training_schedule = True
+
+    def _install_training_schedule(self) -> None:
+        # The last training step lands on σ_min, as the sampling schedule's appended entry does.
+        self._set_table("sigma_table", np.append(self.sigmas, self.config["sigma_min"]).astype(np.float32))
+
     # -- host-side schedule ------------------------------------------------------------------
     def _sigmas_at(self, ramp: np.ndarray) -> np.ndarray:
         return schedules.karras_ramp_sigmas(ramp, self.config["sigma_min"], self.config["sigma_max"],

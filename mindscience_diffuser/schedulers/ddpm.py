@@ -110,6 +110,13 @@ class DDPMScheduler(TimestepTableSchedulerBase):
             self.custom_timesteps = False
         self._install_schedule(ts)
 
+    steps_on_training_schedule = True
+
+    def _install_training_schedule(self) -> None:
+        # Every training timestep steps to the one below it, as diffusers' step does with no inference schedule.
+        self._install_schedule(np.arange(self.config["num_train_timesteps"])[::-1].copy())
+        self.num_inference_steps = None
+
     @property
     def _learned(self) -> bool:
         return self.config["variance_type"] in LEARNED_VARIANCES

@@ -89,6 +89,8 @@ class DPMSolverMultistepInverseScheduler(DPMSolverMultistepBase):
                 "use 'dpmsolver++' or 'dpmsolver'"
             )
         self._flow_shift = float(flow_shift)
+        # Before set_timesteps the schedule runs upwards, as inversion does.
+        self.timesteps = self.timesteps[::-1].copy()
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None) -> None:
         """Build the ascending inversion schedule. ``device`` is accepted for diffusers compatibility and ignored."""

@@ -122,6 +122,11 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
                       np.append(train_sigmas[::-1], 0.0).astype(np.float32), tables=False)
         self.num_inference_steps = None
 
+    steps_on_training_schedule = True
+
+    def _install_training_schedule(self) -> None:
+        self._set_table("sigma_table", self.sigmas)
+
     # -- host-side schedule ------------------------------------------------------------------
     def _uses_continuous_v(self) -> bool:
         return self.config.timestep_type == "continuous" and self.config["prediction_type"] == "v_prediction"
