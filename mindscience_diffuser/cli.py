@@ -194,9 +194,17 @@ def _model_index(model: Path) -> Dict[str, Any]:
 
 
 def _model_pipeline(model: Path) -> str:
-    """The ``--pipeline`` name of the folder's own pipeline (``model_index.json``'s
-    ``_class_name``); ``ddim`` when the folder names none this command line knows."""
-    class_name = _model_index(model).get("_class_name")
+    """The ``--pipeline`` name of the folder's own sampler: its ``model_index.json``'s
+    ``_class_name``, except that a ``DDPMPipeline`` drives the scheduler it stores as it is (a
+    DPM-Solver sampler is a DDPMPipeline folder with a DPMSolverMultistepScheduler); ``ddim``
+    when the folder names nothing this command line knows."""
+    index = _model_index(model)
+    class_name = index.get("_class_name")
+    if class_name == "DDPMPipeline":
+        stored = (index.get("scheduler") or [None])[-1]
+        by_scheduler = {scheduler: key for key, (_, scheduler) in PIPELINES.items()}
+        if stored in by_scheduler and by_scheduler[stored] not in _SPECIAL_KINDS:
+            return by_scheduler[stored]
     names = {pipeline_name: key for key, (pipeline_name, _) in PIPELINES.items()}
     return names.get(class_name, "ddim")
 
@@ -518,13 +526,13 @@ def cmd_convert(opts: argparse.Namespace) -> int:
         _write_all([(target, _ckpt_writer(unet))])
         print(f"wrote {target} ({len(expected)} tensors, checked against {opts.model_config})")
     elif scheduler is not None:
-        from .pipelines.pipeline_utils import save_pipeline_folder
+        from .pipelines.pipeline_utils import folder_pipeline_name, save_pipeline_folder
 
         kind = type(scheduler).__name__
         pipeline_class = next((name for name, scheduler_name in PIPELINES.values() if scheduler_name == kind),
                               "DiffusionPipeline")
         save_pipeline_folder(target, pipeline_class, {"unet": unet, "scheduler": scheduler})
-        print(f"wrote {target} ({pipeline_class}: model_index.json, unet/, scheduler/)")
+        print(f"wrote {target} ({folder_pipeline_name(pipeline_class)}: model_index.json, unet/, scheduler/)")
     else:
         unet.save_pretrained(target)
         print(f"wrote {target} (config.json, diffusion_pytorch_model.safetensors; a UNet folder: "

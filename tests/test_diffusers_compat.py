@@ -142,3 +142,22 @@ def test_stepping_before_set_timesteps_does_what_diffusers_does(case):
         np.testing.assert_allclose(x.asnumpy().reshape(-1), entry["prev_sample"], rtol=1e-5, atol=1e-6,
                                    err_msg=f"step at training index {index}")
     assert scheduler.num_inference_steps is None
+
+
+@pytest.mark.parametrize("pipeline", [cls.__name__ for cls in msd.pipelines.PIPELINES])
+def test_every_pipeline_folder_names_a_pipeline_class_diffusers_has(pipeline, tmp_path):
+    from mindscience_diffuser.pipelines.pipeline_utils import model_index
+
+    assert GOLDEN["pipelines"][model_index(pipeline, {})["_class_name"]]
+
+
+def test_the_default_model_samples_the_same_as_a_ddpm_folder_and_as_dpm_solver():
+    """Its folder says DDPMPipeline (a class diffusers has) and stores the DPM-Solver it was measured with."""
+    by_folder = msd.DiffusionPipeline.from_pretrained(msd.DEFAULT_MODEL_PATH)
+    by_class = msd.DPMSolverPipeline.from_pretrained(msd.DEFAULT_MODEL_PATH)
+    assert type(by_folder) is msd.DDPMPipeline and isinstance(by_folder.scheduler, msd.DPMSolverMultistepScheduler)
+    outputs = []
+    for pipe in (by_folder, by_class):
+        pipe.set_progress_bar_config(disable=True)
+        outputs.append(pipe(batch_size=1, num_inference_steps=3, generator=0, output_type="latent").images.asnumpy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])

@@ -130,7 +130,7 @@ def test_default_model_files():
     from mindscience_diffuser import DiffusionPipeline
 
     index = json.loads((DEFAULT_MODEL / "model_index.json").read_text())
-    assert index["_class_name"] == "DPMSolverPipeline"
+    assert index["_class_name"] == "DDPMPipeline"  # diffusers' DDPMPipeline drives the stored DPM-Solver as is
     assert index["unet"] == ["diffusers", "UNet2DModel"]
     assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
     weights = DEFAULT_MODEL / "unet" / "diffusion_pytorch_model.safetensors"

@@ -21,6 +21,7 @@ OURS = [
     "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler",
     "EulerDiscreteScheduler", "CMStochasticIterativeScheduler", "ScoreSdeVeScheduler",
 ]
+OUR_PIPELINES = ["DDIMPipeline", "DDPMPipeline", "DPMSolverPipeline", "ScoreSdeVePipeline", "ConsistencyModelPipeline"]
 # Each chain starts from a class built with the given options and moves its config on with from_config.
 CHAINS = {
     "dpm-inverse-dpm": (
@@ -116,7 +117,9 @@ def main() -> None:
         name: sorted(c.__name__ for c in getattr(diffusers, name)().compatibles if c.__name__ in OURS) for name in OURS
     }
     data = {"diffusers_version": diffusers.__version__, "chains": chains, "compatibles": compatibles,
-            "step_tuple_lengths": step_tuple_lengths(), "before_set_timesteps": before_set_timesteps()}
+            "step_tuple_lengths": step_tuple_lengths(), "before_set_timesteps": before_set_timesteps(),
+            # which of this package's pipeline class names diffusers has (a folder must name one of them)
+            "pipelines": {name: hasattr(diffusers, name) for name in OUR_PIPELINES}}
     OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {OUT}")
 

@@ -135,19 +135,35 @@ def _component_classes() -> Dict[str, type]:
 
 MODEL_INDEX_NAME = "model_index.json"
 
+#: the pipeline class a folder names, where diffusers has no class of this package's name: diffusers'
+#: ``DDPMPipeline`` drives the scheduler it is given as it is, so a DPM-Solver sampler is a
+#: DDPMPipeline folder with a DPMSolverMultistepScheduler (and samples the same here)
+DIFFUSERS_PIPELINE_NAMES = {"DPMSolverPipeline": "DDPMPipeline"}
+
+
+def folder_pipeline_name(pipeline_class: str) -> str:
+    """The ``_class_name`` a folder of ``pipeline_class`` records: a pipeline class diffusers has.
+
+    >>> folder_pipeline_name("DPMSolverPipeline"), folder_pipeline_name("DDIMPipeline")
+    ('DDPMPipeline', 'DDIMPipeline')
+    """
+    return DIFFUSERS_PIPELINE_NAMES.get(pipeline_class, pipeline_class)
+
 
 def model_index(pipeline_class: str, components: Mapping[str, Any],
                 data_normalization: Optional[DataNormalization] = None) -> Dict[str, Any]:
-    """The ``model_index.json`` content of a pipeline folder: ``_class_name``, the format
-    version, each component's ``["diffusers", class name]`` (``[None, None]`` for ``None``)
-    and, when given, the training data's statistics under ``"_data_normalization"``
-    (``{"mean": [...], "std": [...]}``, per channel; a private key, which diffusers ignores).
+    """The ``model_index.json`` content of a pipeline folder: ``_class_name`` (through
+    :func:`folder_pipeline_name`), the format version, each component's ``["diffusers", class
+    name]`` (``[None, None]`` for ``None``) and, when given, the training data's statistics under
+    ``"_data_normalization"`` (``{"mean": [...], "std": [...]}``, per channel; a private key,
+    which diffusers ignores).
 
     >>> from mindscience_diffuser import DDIMScheduler
     >>> model_index("DDIMPipeline", {"scheduler": DDIMScheduler(), "unet": None})["scheduler"]
     ['diffusers', 'DDIMScheduler']
     """
-    data: Dict[str, Any] = {"_class_name": pipeline_class, "_diffusers_version": DIFFUSERS_FORMAT_VERSION}
+    data: Dict[str, Any] = {"_class_name": folder_pipeline_name(pipeline_class),
+                            "_diffusers_version": DIFFUSERS_FORMAT_VERSION}
     for name, module in components.items():
         data[name] = ["diffusers", type(module).__name__] if module is not None else [None, None]
     if data_normalization is not None:
