@@ -124,11 +124,19 @@ def convert_scheduler(scheduler, target: type):
 def _component_classes() -> Dict[str, type]:
     """Every class a ``model_index.json`` entry may name, by class name."""
     from .. import schedulers
-    from ..models import UNet2DModel
+    from ..models import ConditionDiffusionTransformer, DiffusionTransformer, UNet2DModel
 
     classes = {name: getattr(schedulers, name) for name in schedulers.__all__}
-    classes["UNet2DModel"] = UNet2DModel
+    for model in (UNet2DModel, DiffusionTransformer, ConditionDiffusionTransformer):
+        classes[model.__name__] = model
     return classes
+
+
+def library_name(module: Any) -> str:
+    """The library a ``model_index.json`` entry names for ``module``: ``"diffusers"`` for the classes
+    diffusers has too (schedulers, ``UNet2DModel``), ``"mindscience_diffuser"`` for this package's own
+    (the MindScience transformers, class attribute ``_library_name``), which diffusers cannot load."""
+    return getattr(type(module), "_library_name", "diffusers")
 
 
 MODEL_INDEX_NAME = "model_index.json"
@@ -136,7 +144,8 @@ MODEL_INDEX_NAME = "model_index.json"
 
 def model_index(pipeline_class: str, components: Mapping[str, Any]) -> Dict[str, Any]:
     """The ``model_index.json`` content of a pipeline folder: ``_class_name``, the format
-    version, and each component's ``["diffusers", class name]`` (``[None, None]`` for ``None``).
+    version, and each component's ``[library, class name]`` (:func:`library_name`; ``[None, None]`` for
+    ``None``). Loading looks the class up by name, whichever of the two libraries is named.
 
     >>> from mindscience_diffuser import DDIMScheduler
     >>> model_index("DDIMPipeline", {"scheduler": DDIMScheduler(), "unet": None})["scheduler"]
@@ -144,7 +153,7 @@ def model_index(pipeline_class: str, components: Mapping[str, Any]) -> Dict[str,
     """
     data: Dict[str, Any] = {"_class_name": pipeline_class, "_diffusers_version": DIFFUSERS_FORMAT_VERSION}
     for name, module in components.items():
-        data[name] = ["diffusers", type(module).__name__] if module is not None else [None, None]
+        data[name] = [library_name(module), type(module).__name__] if module is not None else [None, None]
     return data
 
 
