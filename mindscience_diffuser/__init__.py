@@ -2,7 +2,7 @@
 from pathlib import Path as _Path
 
 from .configuration import ConfigMixin, FrozenConfig, register_to_config
-from .models import UNet2DModel
+from .models import ConditionDiffusionTransformer, DiffusionTransformer, UNet2DModel
 from .outputs import (
     CMStochasticIterativeSchedulerOutput,
     ImagePipelineOutput,

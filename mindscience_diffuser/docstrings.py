@@ -185,6 +185,13 @@ ARGUMENTS: Dict[str, str] = {
         "``\"identity\"``."
     ),
     "num_class_embeds": "number of classes of the class-label lookup table; ``None``: no class conditioning.",
+    # --- DiffusionTransformer / ConditionDiffusionTransformer (MindScience)
+    "hidden_channels": "width H of the transformer; must be divisible by ``heads``.",
+    "layers": "number of transformer blocks.",
+    "heads": "number of attention heads.",
+    "time_token_cond": "feed the time embedding as an extra token (True) or add it to every position (False).",
+    "cond_channels": "size of the condition vector (B, cond_channels).",
+    "cond_as_token": "feed the condition embedding as an extra token (True) or add it to every position (False).",
     # --- pipelines
     "unet": "the denoising model, e.g. a :class:`UNet2DModel`, called as ``unet(sample, timestep)``.",
     "scheduler": "the scheduler whose ``step`` drives the sampling loop.",

@@ -1,4 +1,4 @@
-"""Models: ``UNet2DModel`` and the blocks it is built from."""
+"""Models: ``UNet2DModel`` and the blocks it is built from; MindScience's sequence transformers."""
 from .blocks import (
     AttnDownBlock2D,
     AttnDownEncoderBlock2D,
@@ -13,10 +13,13 @@ from .blocks import (
     UNetMidBlock2D,
     UpBlock2D,
 )
+from .diffusion_transformer import ConditionDiffusionTransformer, DiffusionTransformer
 from .unet_2d import UNet2DModel
 
 __all__ = [
     "UNet2DModel",
+    "DiffusionTransformer",
+    "ConditionDiffusionTransformer",
     "UNetMidBlock2D",
     "DownBlock2D",
     "AttnDownBlock2D",

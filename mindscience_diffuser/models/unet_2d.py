@@ -1,8 +1,6 @@
 """``UNet2DModel``: diffusers' unconditional / class-conditional image UNet in MindSpore."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import mindspore as ms
@@ -24,14 +22,14 @@ from .blocks import (
 from .embeddings import GaussianFourierProjection, LearnedTimesteps, TimestepEmbedding, Timesteps
 from .layers import ACTIVATIONS, Conv2d, Embedding, GroupNorm
 from .resnet import TIME_SCALE_SHIFTS
-from .weights import load_model_weights, save_model_weights
+from .weights import PretrainedWeightsMixin
 
 TIME_EMBEDDING_TYPES = ("positional", "fourier", "learned")
 CLASS_EMBED_TYPES = (None, "timestep", "identity")
 SKIP_BLOCKS = ("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D")
 
 
-class UNet2DModel(nn.Cell, ConfigMixin):
+class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
     r"""A 2D UNet ε/x₀/v-predictor: ``unet(sample, timestep, class_labels=None)`` -> a Tensor shaped
     like ``sample`` with ``out_channels`` channels.
 
@@ -378,28 +376,3 @@ class UNet2DModel(nn.Cell, ConfigMixin):
             raise ValueError(f"timestep must be a scalar or have shape (1,) or ({batch},) for a batch of {batch}, "
                              f"got shape {tuple(timestep.shape)}")
         return timestep
-
-    # ---- weights ------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, pretrained_path: Union[str, os.PathLike], subfolder: Optional[str] = None,
-                        compute_dtype=ms.float32, **overrides):
-        """Build from ``config.json`` and load ``diffusion_pytorch_model.safetensors`` (as written by
-        diffusers' ``save_pretrained``) from ``pretrained_path[/subfolder]``.
-
-        Raises ``OSError`` naming the path of a missing or unreadable file and ``ValueError``
-        listing every missing, unexpected or wrongly shaped weight.
-        """
-        config = cls.load_config(pretrained_path, subfolder)
-        model = cls.from_config(config, compute_dtype=compute_dtype, **overrides)
-        directory = Path(pretrained_path) / subfolder if subfolder else Path(pretrained_path)
-        load_model_weights(model, directory)
-        return model
-
-    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> Path:
-        """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` (atomically) for
-        diffusers' ``UNet2DModel.from_pretrained``; returns the directory."""
-        directory = Path(save_directory)
-        self.save_config(directory)
-        save_model_weights(self, directory)
-        return directory

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import mindspore as ms
 import numpy as np
@@ -122,3 +122,31 @@ def save_model_weights(model: nn.Cell, directory: Union[str, os.PathLike]) -> Pa
     with atomic_file(path) as tmp:
         save_file(state_arrays(model), str(tmp), metadata={"format": "pt"})
     return path
+
+
+class PretrainedWeightsMixin:
+    """``from_pretrained`` / ``save_pretrained`` in diffusers' model-folder layout (``config.json`` +
+    ``diffusion_pytorch_model.safetensors``) for a :class:`~..configuration.ConfigMixin` Cell whose
+    parameter names are its weight names."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_path: Union[str, os.PathLike], subfolder: Optional[str] = None,
+                        compute_dtype=ms.float32, **overrides):
+        """Build from ``config.json`` and load ``diffusion_pytorch_model.safetensors`` from
+        ``pretrained_path[/subfolder]``.
+
+        Raises ``OSError`` naming the path of a missing or unreadable file and ``ValueError``
+        listing every missing, unexpected or wrongly shaped weight.
+        """
+        config = cls.load_config(pretrained_path, subfolder)
+        model = cls.from_config(config, compute_dtype=compute_dtype, **overrides)
+        directory = Path(pretrained_path) / subfolder if subfolder else Path(pretrained_path)
+        load_model_weights(model, directory)
+        return model
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> Path:
+        """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` (atomically); returns the directory."""
+        directory = Path(save_directory)
+        self.save_config(directory)
+        save_model_weights(self, directory)
+        return directory

@@ -126,11 +126,19 @@ def convert_scheduler(scheduler, target: type):
 def _component_classes() -> Dict[str, type]:
     """Every class a ``model_index.json`` entry may name, by class name."""
     from .. import schedulers
-    from ..models import UNet2DModel
+    from ..models import ConditionDiffusionTransformer, DiffusionTransformer, UNet2DModel
 
     classes = {name: getattr(schedulers, name) for name in schedulers.__all__}
-    classes["UNet2DModel"] = UNet2DModel
+    for model in (UNet2DModel, DiffusionTransformer, ConditionDiffusionTransformer):
+        classes[model.__name__] = model
     return classes
+
+
+def library_name(module: Any) -> str:
+    """The library a ``model_index.json`` entry names for ``module``: ``"diffusers"`` for the classes
+    diffusers has too (schedulers, ``UNet2DModel``), ``"mindscience_diffuser"`` for this package's own
+    (the MindScience transformers, class attribute ``_library_name``), which diffusers cannot load."""
+    return getattr(type(module), "_library_name", "diffusers")
 
 
 MODEL_INDEX_NAME = "model_index.json"
@@ -153,8 +161,8 @@ def folder_pipeline_name(pipeline_class: str) -> str:
 def model_index(pipeline_class: str, components: Mapping[str, Any],
                 data_normalization: Optional[DataNormalization] = None) -> Dict[str, Any]:
     """The ``model_index.json`` content of a pipeline folder: ``_class_name`` (through
-    :func:`folder_pipeline_name`), the format version, each component's ``["diffusers", class
-    name]`` (``[None, None]`` for ``None``) and, when given, the training data's statistics under
+    :func:`folder_pipeline_name`), the format version, each component's ``[library, class name]``
+    (:func:`library_name`; ``[None, None]`` for ``None``) and, when given, the training data's statistics under
     ``"_data_normalization"`` (``{"mean": [...], "std": [...]}``, per channel; a private key,
     which diffusers ignores).
 
@@ -165,7 +173,7 @@ def model_index(pipeline_class: str, components: Mapping[str, Any],
     data: Dict[str, Any] = {"_class_name": folder_pipeline_name(pipeline_class),
                             "_diffusers_version": DIFFUSERS_FORMAT_VERSION}
     for name, module in components.items():
-        data[name] = ["diffusers", type(module).__name__] if module is not None else [None, None]
+        data[name] = [library_name(module), type(module).__name__] if module is not None else [None, None]
     if data_normalization is not None:
         data[MODEL_INDEX_KEY] = data_normalization.to_dict()
     return data

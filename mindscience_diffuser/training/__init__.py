@@ -17,6 +17,7 @@ from .evaluation import (
     wasserstein1,
 )
 from .fields import darcy_permeability, gaussian_random_field, generate_fields, power_law_spectrum
+from .losses import OBJECTIVE_TO_PREDICTION_TYPE, mindscience_loss, mindscience_target, p2_loss_weights
 from .recipes import dataset_from_spec, generate_samples, small_unet_config
 from .trainer import DiffusionLoss, DiffusionTrainer, TrainerConfig, latest_checkpoint, learning_rate_at, snr_weights
 
@@ -25,5 +26,6 @@ __all__ = [
     "FieldDataset", "ArrayDataset", "ImageFolderDataset", "SyntheticFieldDataset", "BatchOrder", "as_dataset",
     "load_fields", "dataset_from_spec", "generate_samples", "small_unet_config",
     "gaussian_random_field", "darcy_permeability", "generate_fields", "power_law_spectrum",
+    "mindscience_loss", "mindscience_target", "p2_loss_weights", "OBJECTIVE_TO_PREDICTION_TYPE",
     "evaluate", "plot_spectra", "radial_power_spectrum", "spectrum_relative_error", "wasserstein1", "histogram_l1",
 ]
