@@ -21,10 +21,8 @@ from mindspore.common.initializer import initializer
 
 from ..configuration import ConfigMixin, register_to_config
 from ..utils import check_compute_dtype, check_positive
+from .embeddings import timestep_tensor
 from .weights import PretrainedWeightsMixin
-
-_INT_DTYPES = (ms.int8, ms.int16, ms.int32, ms.int64, ms.uint8)
-_FLOAT_DTYPES = (ms.float16, ms.float32, ms.float64, ms.bfloat16)
 
 
 class SinusoidalTimestepEmbedding(nn.Cell):
@@ -275,27 +273,13 @@ class DiffusionTransformer(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
         t_emb = self._time_embedding(timestep, x.shape[0])
         return self._encode(x, t_emb, None, False)
 
-    @staticmethod
-    def _as_timestep(timestep):
-        if isinstance(timestep, bool):
-            raise TypeError("timestep must be an int, a float or a Tensor, got bool")
-        if isinstance(timestep, (int, np.integer)):
-            return Tensor(int(timestep), ms.int32)
-        if isinstance(timestep, (float, np.floating)):
-            return Tensor(float(timestep), ms.float32)
-        if not isinstance(timestep, Tensor):
-            raise TypeError(f"timestep must be an int, a float or a Tensor, got {type(timestep).__name__}")
-        if timestep.dtype not in _INT_DTYPES + _FLOAT_DTYPES:
-            raise TypeError(f"timestep must be an integer or float Tensor, got dtype {timestep.dtype}")
-        return timestep
-
     def __call__(self, x, timestep, *args):
         # Python checks before compilation; a scalar becomes a Tensor so a compiled graph is not
         # rebuilt for every new timestep.
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a mindspore Tensor of shape (batch, seq_len, {self.in_channels}), got "
                             f"{type(x).__name__}")
-        return super().__call__(x, self._as_timestep(timestep), *args)
+        return super().__call__(x, timestep_tensor(timestep), *args)
 
 
 class ConditionDiffusionTransformer(DiffusionTransformer):

@@ -17,6 +17,32 @@ def sinusoidal_frequencies(half_dim: int, downscale_freq_shift: float, max_perio
     return np.exp(exponent / np.float32(half_dim - downscale_freq_shift)).astype(np.float32)
 
 
+_TIMESTEP_DTYPES = (ms.int8, ms.int16, ms.int32, ms.int64, ms.uint8, ms.float16, ms.float32, ms.float64, ms.bfloat16)
+
+
+def timestep_tensor(timestep, dtype=None) -> Tensor:
+    """A denoiser's timestep argument as a Tensor, on the host before compilation (a Python
+    scalar left as is would be baked into a compiled graph as a constant, one graph per value).
+
+    Python and numpy numbers and numpy arrays become Tensors of ``dtype`` (default: int32 for
+    integers, float32 otherwise, so 50.5 stays fractional); Tensors pass as they are. Anything
+    else, bools included, is a ``TypeError``. Shapes are the model's to check.
+    """
+    if isinstance(timestep, (bool, np.bool_)):
+        raise TypeError("timestep must be a number, a numpy array or a mindspore Tensor, got a bool")
+    if isinstance(timestep, (int, float, np.number, np.ndarray)):
+        value = np.asarray(timestep)
+        if dtype is None:
+            dtype = ms.int32 if np.issubdtype(value.dtype, np.integer) else ms.float32
+        return Tensor(value.astype(ms.dtype_to_nptype(dtype)), dtype)
+    if not isinstance(timestep, Tensor):
+        raise TypeError("timestep must be a number, a numpy array or a mindspore Tensor, got "
+                        f"{type(timestep).__name__}")
+    if timestep.dtype not in _TIMESTEP_DTYPES:
+        raise TypeError(f"timestep must be an integer or float Tensor, got dtype {timestep.dtype}")
+    return timestep
+
+
 class Timesteps(nn.Cell):
     """Sinusoidal embedding of (possibly fractional) timesteps t, shape (B,) -> (B, num_channels).
 

@@ -19,7 +19,7 @@ from .blocks import (
     quarter_groups,
     strip_unetres,
 )
-from .embeddings import GaussianFourierProjection, LearnedTimesteps, TimestepEmbedding, Timesteps
+from .embeddings import GaussianFourierProjection, LearnedTimesteps, TimestepEmbedding, Timesteps, timestep_tensor
 from .layers import ACTIVATIONS, Conv2d, Embedding, GroupNorm
 from .resnet import TIME_SCALE_SHIFTS
 from .weights import PretrainedWeightsMixin
@@ -359,19 +359,9 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
                              f"{len(self.config['down_block_types']) - 1} times and the up path must meet its skip "
                              f"connections; got {shape}")
 
-    def _timestep_tensor(self, timestep, batch: int):
-        """``timestep`` as a Tensor: a Python or numpy number, a numpy array, or a Tensor of shape
-        (), (1,) or (batch,)."""
-        integer = self.time_embedding_type == "learned"
-        if isinstance(timestep, (bool, np.bool_)):
-            raise TypeError("timestep must be a number or a Tensor, got a bool")
-        if isinstance(timestep, (int, float, np.number)):
-            return Tensor(timestep, ms.int32 if integer else ms.float32)
-        if isinstance(timestep, np.ndarray):
-            timestep = Tensor(timestep.astype(np.int32 if integer else np.float32))
-        if not isinstance(timestep, Tensor):
-            raise TypeError(f"timestep must be a number, a numpy array or a mindspore Tensor, got "
-                            f"{type(timestep).__name__}")
+    def _timestep_tensor(self, timestep, batch: int) -> Tensor:
+        """``timestep`` as a Tensor (:func:`timestep_tensor`) of shape (), (1,) or (batch,)."""
+        timestep = timestep_tensor(timestep, ms.int32 if self.time_embedding_type == "learned" else ms.float32)
         if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] not in (1, batch)):
             raise ValueError(f"timestep must be a scalar or have shape (1,) or ({batch},) for a batch of {batch}, "
                              f"got shape {tuple(timestep.shape)}")

@@ -149,7 +149,9 @@ class SchedulerBase(nn.Cell, ConfigMixin):
 
     # -- host-side argument handling ---------------------------------------------------------
     #: before ``set_timesteps``, ``step`` walks the training schedule (as diffusers' DDPM, Euler and
-    #: consistency-model schedulers do) instead of raising (as its DDIM and DPM-Solver do)
+    #: consistency-model schedulers do) instead of raising (as its DDIM and DPM-Solver do); such a
+    #: class defines ``_install_training_schedule()``, which builds the device tables of the schedule
+    #: its ``__init__`` set on the host and leaves ``num_inference_steps`` None, as in diffusers
     steps_on_training_schedule = False
     _training_schedule_installed = False
 
@@ -162,11 +164,6 @@ class SchedulerBase(nn.Cell, ConfigMixin):
         if not self._training_schedule_installed:
             self._install_training_schedule()
             self._training_schedule_installed = True
-
-    def _install_training_schedule(self) -> None:
-        """The device tables of the schedule ``__init__`` set on the host (every training step);
-        ``num_inference_steps`` stays None, as in diffusers."""
-        raise NotImplementedError
 
     def _check_num_inference_steps(self, num_inference_steps, upper: Optional[int] = None) -> int:
         check_positive("num_inference_steps", num_inference_steps, integer=True)
