@@ -323,10 +323,8 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     samples = pipe(**kwargs).images
     seconds = time.perf_counter() - start
     # The data's units (B, C, H, W), unclipped, like the training and reference fields, so the
-    # .npy goes straight into `evaluate --generated`: model space (samplers working in [0, 1]
-    # mapped to [-1, 1]) through the model's stored mean/std (none stored: model space itself).
-    model_space = samples.asnumpy() if pipe.signed_output else samples.asnumpy() * np.float32(2) - np.float32(1)
-    fields = pipe.to_data_units(model_space)
+    # .npy goes straight into `evaluate --generated`: what output_type="field" returns.
+    fields = pipe._convert_output(samples, "field").asnumpy()
     shown = ""
     if rgb:
         images = to_images(samples, "np", scale_from_signed=pipe.signed_output)
