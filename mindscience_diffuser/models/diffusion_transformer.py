@@ -21,6 +21,7 @@ from mindspore.common.initializer import initializer
 
 from ..configuration import ConfigMixin, register_to_config
 from ..utils import check_compute_dtype, check_positive
+from .conditioning import ConditionSpec
 from .embeddings import timestep_tensor
 from .weights import PretrainedWeightsMixin
 
@@ -222,6 +223,10 @@ class DiffusionTransformer(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
         self.output_proj = nn.Dense(hidden_channels, out_channels, weight_init="zeros", bias_init="zeros",
                                     dtype=dtype)
 
+    def condition_spec(self) -> ConditionSpec:
+        """Unconditional: no condition, no labels."""
+        return ConditionSpec()
+
     def sample_shape(self, batch_size: int):
         """(batch_size, sample_size, in_channels): the shape of the noise a sampler starts from."""
         if self.sample_size is None:
@@ -328,6 +333,10 @@ class ConditionDiffusionTransformer(DiffusionTransformer):
         self.cond_channels = int(cond_channels)
         self.cond_as_token = bool(cond_as_token)
         self.cond_embed = nn.Dense(cond_channels, hidden_channels, dtype=self.compute_dtype)
+
+    def condition_spec(self) -> ConditionSpec:
+        """A (B, ``cond_channels``) condition vector."""
+        return ConditionSpec(vector=self.cond_channels)
 
     def construct(self, x: Tensor, timestep: Tensor, condition: Optional[Tensor] = None) -> Tensor:
         """(B, L, in_channels), timestep, (B, cond_channels) -> (B, L, out_channels) in ``compute_dtype``."""

@@ -1,7 +1,7 @@
 """``UNet2DModel``: diffusers' unconditional / class-conditional image UNet in MindSpore."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -19,13 +19,14 @@ from .blocks import (
     quarter_groups,
     strip_unetres,
 )
+from .conditioning import ConditionSpec
 from .embeddings import GaussianFourierProjection, LearnedTimesteps, TimestepEmbedding, Timesteps, timestep_tensor
 from .layers import ACTIVATIONS, Conv2d, Embedding, GroupNorm
 from .resnet import TIME_SCALE_SHIFTS
 from .weights import PretrainedWeightsMixin
 
 TIME_EMBEDDING_TYPES = ("positional", "fourier", "learned")
-CLASS_EMBED_TYPES = (None, "timestep", "identity")
+CLASS_EMBED_TYPES = (None, "timestep", "identity", "projection")
 SKIP_BLOCKS = ("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D")
 
 
@@ -90,6 +91,7 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
         class_embed_type: Optional[str] = None,
         num_class_embeds: Optional[int] = None,
         num_train_timesteps: Optional[int] = None,
+        projection_class_embeddings_input_dim: Optional[int] = None,
         compute_dtype=ms.float32,
     ):
         super().__init__()
@@ -103,12 +105,14 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
             sample_size, down_block_types, up_block_types, block_out_channels, mid_block_type, layers_per_block,
             time_embedding_type, num_train_timesteps, class_embed_type, num_class_embeds, act_fn,
             resnet_time_scale_shift, downsample_type, upsample_type, in_channels, out_channels, downsample_padding,
+            projection_class_embeddings_input_dim,
         )
         self.sample_size = sample_size
         self.center_input_sample = bool(center_input_sample)
         self.time_embedding_type = time_embedding_type
         c0 = block_out_channels[0]
         time_embed_dim = time_embedding_dim or c0 * 4
+        self.time_embed_dim = time_embed_dim
 
         self.conv_in = Conv2d(in_channels, c0, 3, padding=1, dtype=dtype)
 
@@ -132,6 +136,12 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
             self.class_embedding = TimestepEmbedding(timestep_input_dim, time_embed_dim, dtype=dtype)
         elif class_embed_type == "identity":
             self.class_mode = "identity"
+        elif class_embed_type == "projection":
+            # UNet2DConditionModel's vector conditioning: the vector goes through the same two-layer
+            # MLP as a timestep embedding, without the sinusoidal projection.
+            self.class_mode = "projection"
+            self.class_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim,
+                                                     dtype=dtype)
         else:
             self.class_mode = "none"
 
@@ -205,7 +215,7 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
     def _validate(sample_size, down_block_types, up_block_types, block_out_channels, mid_block_type, layers_per_block,
                   time_embedding_type, num_train_timesteps, class_embed_type, num_class_embeds, act_fn,
                   resnet_time_scale_shift, downsample_type, upsample_type, in_channels, out_channels,
-                  downsample_padding):
+                  downsample_padding, projection_class_embeddings_input_dim=None):
         if sample_size is not None:
             ok = isinstance(sample_size, int) and not isinstance(sample_size, bool) and sample_size > 0
             if isinstance(sample_size, (list, tuple)):
@@ -248,6 +258,9 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
         check_choice("class_embed_type", class_embed_type, CLASS_EMBED_TYPES)
         if num_class_embeds is not None:
             check_positive("num_class_embeds", num_class_embeds, integer=True)
+        if class_embed_type == "projection":
+            check_positive("projection_class_embeddings_input_dim (required by class_embed_type='projection')",
+                           projection_class_embeddings_input_dim, integer=True)
         check_choice("act_fn", act_fn.lower() if isinstance(act_fn, str) else act_fn, ACTIVATIONS)
         check_choice("resnet_time_scale_shift", resnet_time_scale_shift, TIME_SCALE_SHIFTS)
         check_choice("downsample_type", downsample_type, RESAMPLE_TYPES)
@@ -284,8 +297,9 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
         if self.class_mode != "none":
             if class_labels is None:
                 raise ValueError("class_labels must be given: this UNet is class-conditional")
-            if self.class_mode == "embedding":
-                class_emb = self.class_embedding(class_labels)
+            if self.class_mode in ("embedding", "projection"):
+                class_emb = self.class_embedding(class_labels.astype(self.compute_dtype)
+                                                 if self.class_mode == "projection" else class_labels)
             elif self.class_mode == "timestep":
                 class_emb = self.class_embedding(self.time_proj(class_labels).astype(self.compute_dtype))
             else:
@@ -331,13 +345,44 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
         self._check_sample(sample)
         timestep = self._timestep_tensor(timestep, sample.shape[0])
         if isinstance(class_labels, np.ndarray):
-            class_labels = Tensor(class_labels)
+            class_labels = Tensor(class_labels.astype(np.float32) if self.class_mode == "projection" else class_labels)
         out = super().__call__(sample, timestep, class_labels)
         if return_dict is None:
             return out
         if return_dict:
             return UNet2DOutput(sample=out)
         return (out,)
+
+    def condition_spec(self) -> ConditionSpec:
+        """What this UNet is conditioned on (see :mod:`.conditioning`): integer labels
+        (``num_class_embeds``), float labels (``class_embed_type="timestep"``), a vector
+        (``"identity"``: time_embed_dim; ``"projection"``: ``projection_class_embeddings_input_dim``),
+        and a field concatenated to the sample when ``in_channels`` exceeds ``out_channels``
+        (the sample has ``out_channels`` channels, the field the rest: diffusers' super-resolution
+        UNets take the low-resolution image this way)."""
+        mode, config = self.class_mode, self.config
+        field = config["in_channels"] - config["out_channels"]
+        return ConditionSpec(
+            num_classes=config["num_class_embeds"] if mode == "embedding" else None,
+            float_labels=mode == "timestep",
+            vector={"identity": self.time_embed_dim,
+                    "projection": config.get("projection_class_embeddings_input_dim")}.get(mode),
+            field=field if field > 0 else None,
+        )
+
+    @property
+    def sample_channels(self) -> int:
+        """Channels of the samples this UNet denoises: ``in_channels`` less any field-condition channels."""
+        return min(self.config["in_channels"], self.config["out_channels"])
+
+    def sample_shape(self, batch_size: int) -> Tuple[int, ...]:
+        """(batch_size, sample channels, H, W) from ``sample_size``: the noise a sampler starts from."""
+        size = self.config["sample_size"]
+        if size is None:
+            raise ValueError(f"the UNet config has no sample_size: pass latents of shape (batch_size, "
+                             f"{self.sample_channels}, H, W) or sample_shape=({self.sample_channels}, H, W)")
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        return (batch_size, self.sample_channels) + hw
 
     @property
     def spatial_multiple(self) -> int:
