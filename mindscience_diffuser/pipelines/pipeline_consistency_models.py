@@ -35,7 +35,7 @@ class ConsistencyModelPipeline(DiffusionPipeline):
         timesteps: Optional[Sequence[int]] = None,
         generator: GeneratorLike = None,
         latents=None,
-        output_type: Optional[str] = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
         condition=None,
         guidance_scale: float = 1.0,

@@ -42,7 +42,7 @@ class DDIMPipeline(DiffusionPipeline):
         eta: float = 0.0,
         num_inference_steps: int = 50,
         use_clipped_model_output: Optional[bool] = None,
-        output_type: Optional[str] = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
         latents=None,
         condition=None,
@@ -59,10 +59,11 @@ class DDIMPipeline(DiffusionPipeline):
             eta: η of DDIM (0: deterministic DDIM, 1: DDPM-like), in [0, 1].
             num_inference_steps: number of denoising steps.
             use_clipped_model_output: recompute ε from the clipped x̂0 (see ``DDIMScheduler.step``).
-            output_type: ``"pil"`` (list of PIL images), ``"np"`` ((B, H, W, C) float32 in
-                [0, 1]), ``"ms"`` ((B, C, H, W) Tensor in [0, 1]), ``"latent"`` (the
-                (B, C, H, W) sample in model space, unclipped) or ``"field"`` (that sample in
-                the training data's units: see ``data_normalization``).
+            output_type: ``None`` (the default: ``"pil"`` for (B, C, H, W) samples of 1, 3 or
+                4 channels, as diffusers, ``"latent"`` for any other shape), ``"pil"`` (list of
+                PIL images), ``"np"`` ((B, H, W, C) float32 in [0, 1]), ``"ms"`` ((B, C, H, W)
+                Tensor in [0, 1]), ``"latent"`` (the sample in model space, unclipped) or
+                ``"field"`` (that sample in the training data's units: see ``data_normalization``).
             return_dict: return :class:`ImagePipelineOutput` (True) or the tuple ``(images,)``.
             latents: the starting noise, a Tensor or numpy array of shape (batch_size, *sample shape).
             condition: what a conditional model is conditioned on: a vector (batch_size, d) (or
@@ -78,8 +79,6 @@ class DDIMPipeline(DiffusionPipeline):
                 ``pipe.null_condition``, the "no condition" the model learned in training.
             sample_shape: one sample's shape, e.g. (C, H, W) or (L, C), for a model whose config does
                 not give it; samples may have rank 2 to 5.
-
-        ``output_type=None`` is ``"pil"`` for image samples and ``"latent"`` for other shapes.
         """
         is_ddim = isinstance(self.scheduler, DDIMScheduler)
         return self._sample(

@@ -27,7 +27,7 @@ class DDPMPipeline(DiffusionPipeline):
         batch_size: int = 1,
         generator: GeneratorLike = None,
         num_inference_steps: int = 1000,
-        output_type: Optional[str] = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
         latents=None,
         condition=None,

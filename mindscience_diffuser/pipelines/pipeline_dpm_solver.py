@@ -48,7 +48,7 @@ class DPMSolverPipeline(DiffusionPipeline):
         generator: GeneratorLike = None,
         num_inference_steps: int = 20,
         latents=None,
-        output_type: Optional[str] = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
         condition=None,
         class_labels=None,

@@ -30,7 +30,7 @@ class ScoreSdeVePipeline(DiffusionPipeline):
         batch_size: int = 1,
         num_inference_steps: int = 2000,
         generator: GeneratorLike = None,
-        output_type: Optional[str] = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
         latents=None,
         condition=None,

@@ -85,10 +85,12 @@ def to_images(sample: Tensor, output_type: str, scale_from_signed: bool = True):
 
 def images_to_samples(images) -> Tensor:
     """Images back to model space: a list of PIL images or a (B, H, W, C) / (H, W, C) numpy array
-    in [0, 1] -> (B, C, H, W) in [-1, 1]; a MindSpore Tensor is taken as samples (B, C, H, W) as is."""
+    in [0, 1] -> (B, C, H, W) in [-1, 1]; a MindSpore Tensor is taken as samples as is (any rank
+    from 2 to 5: (B, C, H, W) images, (B, L, C) sequences, ...)."""
     if isinstance(images, Tensor):
-        if images.ndim != 4:
-            raise ValueError(f"samples must be a (B, C, H, W) Tensor, got shape {tuple(images.shape)}")
+        if not 2 <= images.ndim <= 5:
+            raise ValueError(f"samples must be a Tensor of rank 2 to 5 (batch first), got shape "
+                             f"{tuple(images.shape)}")
         return images.astype(ms.float32)
     if isinstance(images, (list, tuple)):
         if not images:
