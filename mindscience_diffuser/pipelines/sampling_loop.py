@@ -194,7 +194,7 @@ def chunk_bounds(num_iterations: int, num_chunks: int) -> list:
     runs of near-equal length (one run, the whole loop, when ``num_chunks`` is 1).
 
     >>> chunk_bounds(25, 10)[:3], chunk_bounds(3, 10), chunk_bounds(0, 4)
-    ([(0, 2), (2, 5), (5, 7)], [(0, 1), (1, 2), (2, 3)], [(0, 0)])
+    ([(0, 2), (2, 5), (5, 8)], [(0, 1), (1, 2), (2, 3)], [(0, 0)])
     """
     count = max(1, min(num_chunks, num_iterations))
     edges = np.linspace(0, num_iterations, count + 1).round().astype(int)
