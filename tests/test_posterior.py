@@ -150,3 +150,22 @@ def test_dense_matrix_observation(prior):
     post = linear_gaussian_posterior(prior, Observation.from_truth(truth, operator, 0.01, generator=16))
     # Observing 20 projections shrinks the total variance.
     assert np.trace(post.covariance) < np.trace(prior.covariance())
+
+
+def test_posterior_check_tool_scores_registered_methods():
+    """tools/posterior_check.py: the three patterns, the registration point and the table, with
+    the exact denoiser only and few samples (the shipped model's rows take about a minute)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import posterior_check
+
+    methods = {name: posterior_check.METHODS[name] for name in posterior_check.METHODS if "exact" in name}
+    rows = posterior_check.evaluate(methods, {"exact": 32}, seed=0)
+    scored = [row for row in rows if "mean_error" in row]
+    assert [row["pattern"] for row in scored] == [p.name for p in posterior_check.build_problems(
+        posterior_check.PRIOR.sample(1, 0))]
+    assert all(0.75 < row["interval_coverage"] < 0.95 and row["mean_error"] < 0.35 for row in scored)
+    table = posterior_check.markdown_table(rows)
+    assert table.count("\n| ") == 4 and "√(2/N)" in table
