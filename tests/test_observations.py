@@ -322,3 +322,17 @@ def test_a_pipeline_samples_with_the_exact_denoiser(graph_mode):
     assert samples.shape == (64, 1, 32, 32)
     # The prior's pixel std is 0.3; ten deterministic DDIM steps lose some small-scale power.
     assert 0.2 < samples.std() < 0.33 and abs(samples.mean(axis=(1, 2, 3))).max() < 1e-4
+
+
+def test_denoiser_in_float16_and_from_the_prior():
+    from mindscience_diffuser.training.posterior import GaussianFieldPrior
+
+    prior = GaussianFieldPrior.from_spectrum(32, 2.5, 0.3)
+    scheduler = DDIMScheduler(**sampler_floor.SCHEDULE)
+    full, half = prior.denoiser(scheduler), prior.denoiser(scheduler, compute_dtype=ms.float16)
+    np.testing.assert_array_equal(full.mode_variance_array, sampler_floor.mode_variance())
+    x_t = Tensor(np.random.default_rng(8).standard_normal((2, 1, 32, 32)).astype(np.float32))
+    reference = full(x_t, 500).asnumpy()
+    low = half(x_t, 500)
+    assert low.dtype == ms.float16
+    assert np.abs(low.asnumpy().astype(np.float32) - reference).max() < 0.02 * np.abs(reference).max()
