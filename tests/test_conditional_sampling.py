@@ -319,6 +319,20 @@ def test_graph_mode_progress_runs_the_loop_in_chunks_with_one_graph(make):
     np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
 
 
+def test_jit_progress_in_a_pynative_process_runs_in_chunks_too():
+    pipe = DPMSolverPipeline(small_unet(), DPMSolverMultistepScheduler(solver_order=3))
+    pipe.use_jit = True
+    bar = CountingBar()
+    pipe.progress_bar = lambda total: bar
+    kw = dict(batch_size=2, generator=3, num_inference_steps=12, output_type="latent")
+    chunked = pipe(**kw).images.asnumpy()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.use_jit = False
+    eager = pipe(**kw).images.asnumpy()
+    assert len(bar.updates) == 10 and sum(bar.updates) == 12
+    np.testing.assert_allclose(chunked, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_chunk_bounds_cover_every_iteration_once():
     for n in (1, 3, 10, 25, 1000):
         for k in (1, 4, 10):
