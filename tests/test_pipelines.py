@@ -406,8 +406,10 @@ def test_output_types_and_one_channel_fields():
     np.testing.assert_allclose(np.asarray(out.images[1], np.float32) / 255, arr[1, ..., 0], atol=1 / 255)
     two = quiet(DDIMPipeline(AnalyticModel(channels=2), DDIMScheduler()))
     assert two(num_inference_steps=2, output_type="np").images.shape == (1, 4, 4, 2)
+    # The default makes images only where PIL can show them; 2 channels come back as the sample.
+    assert tuple(two(num_inference_steps=2).images.shape) == (1, 2, 4, 4)
     with pytest.raises(ValueError, match="output_type='np'"):
-        two(num_inference_steps=2)
+        two(num_inference_steps=2, output_type="pil")
 
 
 def test_swapping_schedulers():
