@@ -326,14 +326,10 @@ def cmd_sample(opts: argparse.Namespace) -> int:
         raise UsageError(f"--vmin/--vmax set the colour range of field PNGs, but {model} makes RGB images "
                          "(3 channels, no data statistics), which are written as they are")
     pipe.set_progress_bar_config(disable=opts.quiet)
-    kwargs: Dict[str, Any] = {"batch_size": opts.batch_size, "generator": opts.seed, "output_type": "latent"}
-    if pipeline != "consistency" or opts.steps is not None:
-        kwargs["num_inference_steps"] = opts.steps or 25
-    if pipeline == "ddim":
-        kwargs["eta"] = opts.eta
-    start = time.perf_counter()
-    samples = pipe(**kwargs).images
-    seconds = time.perf_counter() - start
+    kwargs = _sampler_call(opts, pipeline)
+    samples, seconds, workers = _sample_job(opts, pipe, model, pipeline, kwargs, save_npy_path or output)
+    if samples is None:
+        return 0  # a worker other than the first: worker 0 writes the outputs
     # The data's units (B, C, H, W), unclipped, like the training and reference fields, so the
     # .npy goes straight into `evaluate --generated`: what output_type="field" returns.
     fields = pipe._convert_output(samples, "field").asnumpy()
@@ -353,7 +349,8 @@ def cmd_sample(opts: argparse.Namespace) -> int:
         writes.append((save_npy_path, _npy_writer(fields)))
     _write_all(writes)
     steps = kwargs.get("num_inference_steps", 1)
-    print(f"wrote {output} ({len(fields)} samples, {pipeline}, {steps} steps, {seconds:.1f} s{shown})")
+    on = f" on {workers} workers" if workers > 1 else ""
+    print(f"wrote {output} ({len(fields)} samples, {pipeline}, {steps} steps, {seconds:.1f} s{on}{shown})")
     return 0
 
 
@@ -365,6 +362,41 @@ def _sampler_call(opts: argparse.Namespace, pipeline: str) -> Dict[str, Any]:
     if pipeline == "ddim":
         call["eta"] = opts.eta
     return call
+
+
+def _sample_job(opts: argparse.Namespace, pipe, model: Path, pipeline: str, call: Dict[str, Any], output: Path):
+    """``(samples, seconds, workers)``: the job's ``--num-samples`` samples as a model-space Tensor,
+    sample i drawn from ``default_rng([seed, i])`` in batches of ``--batch-size``. Under msrun the
+    batches are shared out among the workers and worker 0 gathers them (the other workers get
+    ``samples`` None), so the samples are those of a single process
+    (:mod:`~mindscience_diffuser.pipelines.sharded_sampling`)."""
+    from mindspore import Tensor
+
+    from .pipelines import sharded_sampling as shards
+
+    if opts.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {opts.seed}")
+    try:
+        rank, workers = shards.worker_rank_and_count()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    num_samples = opts.num_samples or opts.batch_size
+    batches = shards.batch_indices(num_samples, opts.batch_size)
+    start = time.perf_counter()
+    own = shards.sample_batches(pipe, shards.batches_of_worker(batches, rank, workers), opts.seed,
+                                output_type="latent", **call)
+    seconds = time.perf_counter() - start
+    if workers == 1:
+        return Tensor(own[1]), seconds, workers
+    job = {"model": str(model.resolve()), "pipeline": pipeline, "seed": opts.seed, "num_samples": num_samples,
+           "batch_size": opts.batch_size, "dtype": opts.compute_dtype, **call}
+    digest = shards.job_digest(job)
+    if rank > 0:
+        shards.write_shard(shards.shard_path(output, digest, rank, workers), *own)
+        print(f"worker {rank}/{workers}: {len(own[0])} samples handed to worker 0 ({seconds:.1f} s)")
+        return None, seconds, workers
+    gathered = shards.gather_shards(output, digest, workers, num_samples, own)
+    return Tensor(gathered), time.perf_counter() - start, workers
 
 
 def cmd_export(opts: argparse.Namespace) -> int:
@@ -683,7 +715,10 @@ COMMANDS: Tuple[Command, ...] = (
         Option("pipeline", "sampler", choices=tuple(sorted(PIPELINES)),
                shown_default="the model folder's own pipeline, from model_index.json"),
         Option("steps", "inference steps", _positive_int, shown_default="25; consistency: 1"),
-        Option("batch_size", "samples", _positive_int, default=16),
+        Option("batch_size", "samples per model call", _positive_int, default=16),
+        Option("num_samples", "samples in all, drawn in batches of --batch-size and, under msrun, shared out among "
+               "the workers (sample i's noise comes from the seed and i alone)", _positive_int,
+               shown_default="--batch-size"),
         Option("seed", "random seed", _integer, default=0),
         Option("eta", "DDIM eta in [0, 1]", _unit_interval, default=0.0),
         Option("compute_dtype", "UNet and scheduler precision", default="float32", choices=("float32", "float16")),

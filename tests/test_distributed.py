@@ -44,3 +44,47 @@ def test_two_process_data_parallel(tmp_path):
     assert names and all(np.array_equal(r0[k], r1[k]) for k in names)
     # Only rank 0 writes checkpoints.
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-3"]
+
+
+def tiny_model_folder(folder: Path) -> Path:
+    import mindscience_diffuser as msd
+
+    unet = msd.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,), down_block_types=("DownBlock2D",),
+        up_block_types=("UpBlock2D",), mid_block_type=None, layers_per_block=1, norm_num_groups=4,
+    )
+    msd.DDIMPipeline(unet, msd.DDIMScheduler(num_train_timesteps=100)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.skipif(not MSRUN.exists() and shutil.which("msrun") is None, reason="msrun not installed")
+def test_sampling_job_sharded_over_two_processes_writes_the_single_process_file(tmp_path):
+    """`msrun ... python -m mindscience_diffuser sample --num-samples 4 --batch-size 2`: each worker
+    samples one batch, worker 0 gathers them and alone writes the outputs, which are those of the
+    same command in one process, to the bit (eta = 1: every step draws noise, per sample)."""
+    from mindscience_diffuser import cli
+
+    model = tiny_model_folder(tmp_path / "model")
+    job = ["sample", "--model", str(model), "--steps", "2", "--eta", "1", "--num-samples", "4", "--batch-size", "2",
+           "--seed", "3", "--quiet"]
+    single = tmp_path / "single"
+    single.mkdir()
+    assert cli.main(job + ["--output", str(single / "grid.png"), "--save-npy", str(single / "out.npy")]) == 0
+
+    msrun = str(MSRUN) if MSRUN.exists() else shutil.which("msrun")
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")  # this checkout, not an installed copy
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+           f"--log_dir={tmp_path / 'logs'}", "--join=True", "python", "-m", "mindscience_diffuser", *job,
+           "--output", str(sharded / "grid.png"), "--save-npy", str(sharded / "out.npy")]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted((tmp_path / "logs").glob("worker_*.log")))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs
+    assert "on 2 workers" in logs and "handed to worker 0" in logs
+
+    np.testing.assert_array_equal(np.load(sharded / "out.npy"), np.load(single / "out.npy"))
+    # Worker 0 wrote the two outputs; the shard of worker 1 is gone.
+    assert sorted(p.name for p in sharded.iterdir()) == ["grid.png", "out.npy"]
