@@ -134,3 +134,13 @@ def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="compile failed"):
         export_sampler(pipeline("ddim"), tmp_path / "s.mindir", batch_size=1, num_inference_steps=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_field_output_uses_the_statistics_stored_at_export(tmp_path):
+    pipe = pipeline("ddim")
+    pipe.data_normalization = {"mean": [1.5], "std": [2.0]}
+    sampler = load_sampler(export_sampler(pipe, tmp_path / "s.mindir", batch_size=1, num_inference_steps=2))
+    expected = pipe(batch_size=1, num_inference_steps=2, generator=1, output_type="field").images.asnumpy()
+    np.testing.assert_allclose(sampler(1, output_type="field"), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="output_type"):
+        sampler(1, output_type="pil")
