@@ -88,3 +88,27 @@ def test_sampling_job_sharded_over_two_processes_writes_the_single_process_file(
     np.testing.assert_array_equal(np.load(sharded / "out.npy"), np.load(single / "out.npy"))
     # Worker 0 wrote the two outputs; the shard of worker 1 is gone.
     assert sorted(p.name for p in sharded.iterdir()) == ["grid.png", "out.npy"]
+
+
+def test_worker_zero_gathers_the_shards_by_index_and_removes_them(tmp_path):
+    from mindscience_diffuser.pipelines import sharded_sampling as shards
+
+    out = tmp_path / "out.npy"
+    batches = shards.batch_indices(4, 1)  # 4 batches over 3 workers: worker 0 gets two
+    assert [[list(b) for b in shards.batches_of_worker(batches, r, 3)] for r in range(3)] == [[[0], [3]], [[1]], [[2]]]
+    samples = np.arange(4 * 2, dtype=np.float32).reshape(4, 2)
+    for rank in (1, 2):
+        indices = np.asarray([i for b in shards.batches_of_worker(batches, rank, 3) for i in b])
+        shards.write_shard(shards.shard_path(out, "job", rank, 3), indices, samples[indices])
+    gathered = shards.gather_shards(out, "job", 3, 4, (np.asarray([0, 3]), samples[[0, 3]]))
+    np.testing.assert_array_equal(gathered, samples)
+    assert list(tmp_path.iterdir()) == []  # the shards are read and removed
+
+    # A worker with no batch (more workers than batches) hands over an empty shard.
+    shards.write_shard(shards.shard_path(out, "job", 1, 2), np.zeros(0, np.int64), None)
+    np.testing.assert_array_equal(shards.gather_shards(out, "job", 2, 1, (np.asarray([0]), samples[:1])),
+                                  samples[:1])
+    with pytest.raises(TimeoutError, match="worker 1"):
+        shards.gather_shards(out, "job", 2, 1, (np.asarray([0]), samples[:1]), timeout=0.3)
+    with pytest.raises(ValueError, match="RANK_ID"):
+        shards.worker_rank_and_count({"RANK_ID": "2", "RANK_SIZE": "2"}, join_cluster=False)

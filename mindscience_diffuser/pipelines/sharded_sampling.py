@@ -40,27 +40,32 @@ SHARD_TIMEOUT_SECONDS = 3600.0
 _POLL_SECONDS = 0.2
 
 
-def worker_rank_and_count(environ: Mapping[str, str] = os.environ) -> Tuple[int, int]:
+def worker_rank_and_count(environ: Mapping[str, str] = os.environ, join_cluster: bool = True) -> Tuple[int, int]:
     """``(rank, number of workers)`` under ``msrun`` (its ``RANK_ID`` / ``RANK_SIZE``), ``(0, 1)`` otherwise.
 
-    Under msrun the worker also joins the cluster (``mindspore.communication.init``): msrun's
-    scheduler process waits for every worker to register and sign off, and without it the
-    launcher outlives the finished workers until its topology timeout.
+    With several workers, each also joins the cluster (``mindspore.communication.init``) unless
+    ``join_cluster`` is False: msrun's scheduler process waits for every worker to register and
+    sign off, and without it the launcher outlives the finished workers until its topology
+    timeout (600 s).
+
+    >>> worker_rank_and_count({}), worker_rank_and_count({"RANK_ID": "1", "RANK_SIZE": "2"}, join_cluster=False)
+    ((0, 1), (1, 2))
     """
     if "RANK_SIZE" not in environ and "MS_WORKER_NUM" not in environ:
         return 0, 1
-    from mindspore.communication import init
-    from mindspore.communication.management import GlobalComm
-
-    if not GlobalComm.INITED:
-        init()
     try:
         count = int(environ.get("RANK_SIZE", environ.get("MS_WORKER_NUM")))
-        rank = int(environ["RANK_ID"])
-    except (KeyError, ValueError) as err:
+        rank = int(environ.get("RANK_ID", "0"))
+    except ValueError as err:
         raise ValueError(f"a distributed launch needs integer RANK_ID and RANK_SIZE variables: {err}") from err
     if not 0 <= rank < count:
         raise ValueError(f"RANK_ID {rank} is outside 0 .. RANK_SIZE-1 = {count - 1}")
+    if count > 1 and join_cluster:
+        from mindspore.communication import init
+        from mindspore.communication.management import GlobalComm
+
+        if not GlobalComm.INITED:
+            init()
     return rank, count
 
 
