@@ -144,3 +144,19 @@ def test_field_output_uses_the_statistics_stored_at_export(tmp_path):
     np.testing.assert_allclose(sampler(1, output_type="field"), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="output_type"):
         sampler(1, output_type="pil")
+
+
+def test_the_loop_stays_rolled_in_the_file(tmp_path):
+    # Ten times the steps gives the same graph (the while loop is exported as a loop, not as
+    # copies of the model); only the schedule tables grow. Node counts, not file sizes: a second
+    # export in one process writes longer internal names.
+    from mindspore.train.mind_ir_pb2 import ModelProto
+
+    def nodes(path):
+        model = ModelProto()
+        model.ParseFromString(path.read_bytes())
+        return len(model.graph.node) + sum(len(f.node) for f in model.functions)
+
+    pipe = pipeline("ddim")
+    counts = [nodes(export_sampler(pipe, tmp_path / f"s{n}.mindir", num_inference_steps=n)) for n in (2, 20)]
+    assert counts[0] == counts[1]
