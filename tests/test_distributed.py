@@ -7,6 +7,7 @@ started from a different random init.
 """
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +47,20 @@ def test_two_process_data_parallel(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-3"]
 
 
+def run_process_group(cmd, env, cwd, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group and, if it overruns ``timeout``, end the whole group:
+    killing msrun alone would leave its workers running."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"msrun did not finish in {timeout:.0f} s: {out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def tiny_model_folder(folder: Path) -> Path:
     import mindscience_diffuser as msd
 
@@ -80,7 +95,7 @@ def test_sampling_job_sharded_over_two_processes_writes_the_single_process_file(
     cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
            f"--log_dir={tmp_path / 'logs'}", "--join=True", "python", "-m", "mindscience_diffuser", *job,
            "--output", str(sharded / "grid.png"), "--save-npy", str(sharded / "out.npy")]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = run_process_group(cmd, env, tmp_path, timeout=300)
     logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted((tmp_path / "logs").glob("worker_*.log")))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs
     assert "on 2 workers" in logs and "handed to worker 0" in logs
