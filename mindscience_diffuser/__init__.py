@@ -19,6 +19,7 @@ from .pipelines import (  # noqa: F401
     DPMSolverPipeline,
     ScoreSdeVePipeline,
 )
+from .pipelines.export import ExportedSampler, export_sampler, load_sampler  # noqa: F401
 from .schedulers import *  # noqa: F401,F403  (every scheduler class)
 from .training import DiffusionTrainer, SyntheticFieldDataset, evaluate  # noqa: F401
 

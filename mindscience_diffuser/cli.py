@@ -1,6 +1,6 @@
 """Command line: ``python -m mindscience_diffuser`` / ``mindscience-diffuser``.
 
-Sub-commands: ``sample``, ``train``, ``evaluate``, ``invert``, ``convert``. Each takes
+Sub-commands: ``sample``, ``export``, ``train``, ``evaluate``, ``invert``, ``convert``. Each takes
 ``--config FILE.yaml`` (a flat mapping of the sub-command's option names) and flags that
 override the file. One table per sub-command (:data:`COMMANDS`) declares every option once:
 argparse, the job-file keys, the help's defaults and the checks of job-file values (by the
@@ -114,6 +114,18 @@ def _auto_or_boolean(value: Any) -> Any:
         return _boolean(value)
     except ValueError:
         raise ValueError(f"must be auto, true or false, got {value!r}") from None
+
+
+def _json_mapping(value: Any) -> Dict[str, Any]:
+    """A mapping: a job file's own, or a flag's JSON text (``'{"solver_order": 3}'``)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"must be a JSON mapping of option names to values, e.g. '{{\"eta\": 0.5}}', got {value!r}")
 
 
 def _text(value: Any) -> str:
@@ -314,14 +326,10 @@ def cmd_sample(opts: argparse.Namespace) -> int:
         raise UsageError(f"--vmin/--vmax set the colour range of field PNGs, but {model} makes RGB images "
                          "(3 channels, no data statistics), which are written as they are")
     pipe.set_progress_bar_config(disable=opts.quiet)
-    kwargs: Dict[str, Any] = {"batch_size": opts.batch_size, "generator": opts.seed, "output_type": "latent"}
-    if pipeline != "consistency" or opts.steps is not None:
-        kwargs["num_inference_steps"] = opts.steps or 25
-    if pipeline == "ddim":
-        kwargs["eta"] = opts.eta
-    start = time.perf_counter()
-    samples = pipe(**kwargs).images
-    seconds = time.perf_counter() - start
+    kwargs = _sampler_call(opts, pipeline)
+    samples, seconds, workers = _sample_job(opts, pipe, model, pipeline, kwargs, save_npy_path or output)
+    if samples is None:
+        return 0  # a worker other than the first: worker 0 writes the outputs
     # The data's units (B, C, H, W), unclipped, like the training and reference fields, so the
     # .npy goes straight into `evaluate --generated`: what output_type="field" returns.
     fields = pipe._convert_output(samples, "field").asnumpy()
@@ -341,8 +349,86 @@ def cmd_sample(opts: argparse.Namespace) -> int:
         writes.append((save_npy_path, _npy_writer(fields)))
     _write_all(writes)
     steps = kwargs.get("num_inference_steps", 1)
-    print(f"wrote {output} ({len(fields)} samples, {pipeline}, {steps} steps, {seconds:.1f} s{shown})")
+    on = f" on {workers} workers" if workers > 1 else ""
+    print(f"wrote {output} ({len(fields)} samples, {pipeline}, {steps} steps, {seconds:.1f} s{on}{shown})")
     return 0
+
+
+def _sampler_call(opts: argparse.Namespace, pipeline: str) -> Dict[str, Any]:
+    """The pipeline call's step count and DDIM eta, as ``sample`` and ``export`` take them."""
+    call: Dict[str, Any] = {}
+    if pipeline != "consistency" or opts.steps is not None:
+        call["num_inference_steps"] = opts.steps or 25
+    if pipeline == "ddim":
+        call["eta"] = opts.eta
+    return call
+
+
+def _sample_job(opts: argparse.Namespace, pipe, model: Path, pipeline: str, call: Dict[str, Any], output: Path):
+    """``(samples, seconds, workers)``: the job's ``--num-samples`` samples as a model-space Tensor,
+    sample i drawn from ``default_rng([seed, i])`` in batches of ``--batch-size``. Under msrun the
+    batches are shared out among the workers and worker 0 gathers them (the other workers get
+    ``samples`` None), so the samples are those of a single process
+    (:mod:`~mindscience_diffuser.pipelines.sharded_sampling`)."""
+    from mindspore import Tensor
+
+    from .pipelines import sharded_sampling as shards
+
+    if opts.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {opts.seed}")
+    try:
+        rank, workers = shards.worker_rank_and_count()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    num_samples = opts.num_samples or opts.batch_size
+    batches = shards.batch_indices(num_samples, opts.batch_size)
+    start = time.perf_counter()
+    own = shards.sample_batches(pipe, shards.batches_of_worker(batches, rank, workers), opts.seed,
+                                output_type="latent", **call)
+    seconds = time.perf_counter() - start
+    if workers == 1:
+        return Tensor(own[1]), seconds, workers
+    job = {"model": str(model.resolve()), "pipeline": pipeline, "seed": opts.seed, "num_samples": num_samples,
+           "batch_size": opts.batch_size, "dtype": opts.compute_dtype, **call}
+    digest = shards.job_digest(job)
+    if rank > 0:
+        shards.write_shard(shards.shard_path(output, digest, rank, workers), *own)
+        print(f"worker {rank}/{workers}: {len(own[0])} samples handed to worker 0 ({seconds:.1f} s)")
+        return None, seconds, workers
+    gathered = shards.gather_shards(output, digest, workers, num_samples, own)
+    return Tensor(gathered), time.perf_counter() - start, workers
+
+
+def cmd_export(opts: argparse.Namespace) -> int:
+    """Write the folder's sampler (``--batch-size`` samples, ``--steps`` steps, the scheduler with
+    ``--scheduler-options``) as one MindIR file: :func:`~mindscience_diffuser.pipelines.export.export_sampler`."""
+    from .pipelines.export import export_sampler, read_export_info
+
+    model = _model_dir(opts.model)
+    output = _check_output(opts.output, "--output")
+    if output.suffix != ".mindir":
+        raise UsageError(f"--output must end in .mindir (mindspore.load reads no other name), got {output}")
+    pipeline = opts.pipeline or _model_pipeline(model)
+    _check_model_kind(model, pipeline)
+    pipe = _build_pipeline(model, pipeline, opts.compute_dtype)
+    if opts.scheduler_options:
+        pipe.scheduler = _scheduler_with(pipe.scheduler, opts.scheduler_options)
+    call = _sampler_call(opts, pipeline)
+    start = time.perf_counter()
+    export_sampler(pipe, output, batch_size=opts.batch_size, **call)
+    info = read_export_info(output)
+    print(f"wrote {output} ({info['pipeline']} with {info['scheduler']}, batch {info['batch_size']}, "
+          f"{info['num_iterations']} iterations, inputs {', '.join(info['input_names'])}, "
+          f"{time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _scheduler_with(scheduler, options: Dict[str, Any]):
+    """``scheduler`` rebuilt with its config updated by ``options``; an option its class does not take is refused."""
+    unknown = sorted(set(options) - set(type(scheduler)._init_parameters()))
+    if unknown:
+        raise UsageError(f"--scheduler-options: {type(scheduler).__name__} has no option {unknown}")
+    return type(scheduler).from_config({**scheduler.config, **options}, compute_dtype=scheduler.compute_dtype)
 
 
 def cmd_train(opts: argparse.Namespace) -> int:
@@ -629,7 +715,10 @@ COMMANDS: Tuple[Command, ...] = (
         Option("pipeline", "sampler", choices=tuple(sorted(PIPELINES)),
                shown_default="the model folder's own pipeline, from model_index.json"),
         Option("steps", "inference steps", _positive_int, shown_default="25; consistency: 1"),
-        Option("batch_size", "samples", _positive_int, default=16),
+        Option("batch_size", "samples per model call", _positive_int, default=16),
+        Option("num_samples", "samples in all, drawn in batches of --batch-size and, under msrun, shared out among "
+               "the workers (sample i's noise comes from the seed and i alone)", _positive_int,
+               shown_default="--batch-size"),
         Option("seed", "random seed", _integer, default=0),
         Option("eta", "DDIM eta in [0, 1]", _unit_interval, default=0.0),
         Option("compute_dtype", "UNet and scheduler precision", default="float32", choices=("float32", "float16")),
@@ -642,6 +731,19 @@ COMMANDS: Tuple[Command, ...] = (
                shown_default="fitted: the batch's 0.5th percentile"),
         Option("vmax", "upper end of the PNG's colour range, in the data's units (fields only)", _number,
                shown_default="fitted: the batch's 99.5th percentile"),
+    )),
+    Command("export", "write the sampler (model, scheduler, every step) as one MindIR file", cmd_export, (
+        Option("config", "YAML job file of option names (flags override its values)", in_job_file=False),
+        Option("model", "pipeline folder (diffusers layout)", shown_default="the shipped field model"),
+        Option("pipeline", "sampler", choices=tuple(sorted(PIPELINES)),
+               shown_default="the model folder's own pipeline, from model_index.json"),
+        Option("output", "MindIR path (ends in .mindir)", default="sampler.mindir"),
+        Option("batch_size", "samples per call (fixed in the file)", _positive_int, default=1),
+        Option("steps", "inference steps (fixed in the file)", _positive_int, shown_default="25; consistency: 1"),
+        Option("eta", "DDIM eta in [0, 1] (fixed in the file)", _unit_interval, default=0.0),
+        Option("scheduler_options", "scheduler config changes as JSON, e.g. '{\"algorithm_type\": "
+               "\"sde-dpmsolver++\"}' (fixed in the file)", _json_mapping),
+        Option("compute_dtype", "UNet and scheduler precision", default="float32", choices=("float32", "float16")),
     )),
     Command("train", "train a UNet2DModel on fields or images", cmd_train, _common() + (
         Option("data", "a .npy/.npz of (B, C, H, W) fields, an image folder, or synthetic:grf / synthetic:darcy",

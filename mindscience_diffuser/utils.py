@@ -1,7 +1,7 @@
 """Small helpers shared across schedulers, models and pipelines."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import mindspore as ms
 import numpy as np
@@ -9,6 +9,8 @@ import numpy as np
 SUPPORTED_COMPUTE_DTYPES = (ms.float32, ms.float16)
 
 GeneratorLike = Union[np.random.Generator, int, None]
+#: what a pipeline call takes: one generator (or seed) for the batch, or a list of them, one per sample
+BatchGeneratorLike = Union[GeneratorLike, Sequence[Union[np.random.Generator, int]]]
 
 
 def check_compute_dtype(compute_dtype) -> "ms.dtype":
@@ -77,6 +79,58 @@ def as_numpy_generator(generator: GeneratorLike) -> np.random.Generator:
     if isinstance(generator, np.random.Generator):
         return generator
     raise TypeError(f"generator must be a numpy.random.Generator or an int seed, got {type(generator).__name__}")
+
+
+class BatchGenerator:
+    """The random source of one batch: one ``numpy.random.Generator`` for the whole batch, or one
+    per sample (as diffusers takes a list of torch generators, one per batch element).
+
+    ``standard_normal(shape, batch_axis=0)`` and ``integers(low, high, size)`` draw as numpy
+    does. With one generator they *are* numpy's draws of the whole array (so seeds keep their
+    meaning). With per-sample generators, the slice of sample ``i`` along ``batch_axis`` comes
+    from generator ``i``, drawn as numpy draws that sample's shape: sample ``i``'s numbers
+    depend on its own generator only, never on the batch it is in or on its position in it.
+    """
+
+    def __init__(self, generators: Sequence[np.random.Generator]):
+        self.generators = tuple(generators)
+
+    @property
+    def per_sample(self) -> bool:
+        return len(self.generators) > 1
+
+    def standard_normal(self, shape: Sequence[int], batch_axis: int = 0) -> np.ndarray:
+        shape = tuple(shape)
+        if not self.per_sample:
+            return self.generators[0].standard_normal(shape)
+        one = shape[:batch_axis] + shape[batch_axis + 1:]
+        return np.stack([g.standard_normal(one) for g in self.generators], axis=batch_axis)
+
+    def integers(self, low: int, high: Optional[int] = None, size=None) -> np.ndarray:
+        """Integers in [low, high) with ``size`` (the batch size, or a shape with it first)."""
+        if not self.per_sample:
+            return self.generators[0].integers(low, high, size=size)
+        one = tuple(np.atleast_1d(size))[1:]
+        return np.stack([g.integers(low, high, size=one) for g in self.generators])
+
+
+def as_batch_generator(generator, batch_size: int) -> BatchGenerator:
+    """``generator`` for a batch of ``batch_size``: a ``numpy.random.Generator``, an int seed or
+    ``None`` (one generator for the batch, as :func:`as_numpy_generator`), or a list/tuple of
+    exactly ``batch_size`` of those (one per sample; a ``ValueError`` for another length).
+
+    >>> import numpy as np
+    >>> pair = as_batch_generator([np.random.default_rng([7, 0]), np.random.default_rng([7, 1])], 2)
+    >>> second = as_batch_generator([np.random.default_rng([7, 1])], 1)
+    >>> bool(np.array_equal(pair.standard_normal((2, 3))[1], second.standard_normal((1, 3))[0]))
+    True
+    """
+    if not isinstance(generator, (list, tuple)):
+        return BatchGenerator((as_numpy_generator(generator),))
+    if len(generator) != batch_size:
+        raise ValueError(f"generator: a list of generators needs one per sample, batch_size={batch_size}, got "
+                         f"{len(generator)}")
+    return BatchGenerator(tuple(as_numpy_generator(g) for g in generator))
 
 
 def randn(shape: Sequence[int], generator: GeneratorLike, dtype=ms.float32) -> ms.Tensor:

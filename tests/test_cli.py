@@ -66,7 +66,9 @@ def test_sample_uses_the_folders_own_pipeline_and_saves_unclipped_fields(tmp_pat
                "--save-npy", raw, "--mode", "pynative", "--quiet") == 0
     assert "dpmsolver, 3 steps" in capsys.readouterr().out
     pipe = msd.DPMSolverPipeline.from_pretrained(folder)
-    expected = pipe(batch_size=2, num_inference_steps=3, generator=0, output_type="latent").images.asnumpy()
+    # The command draws sample i from default_rng([seed, i]), whatever the batch or the worker.
+    generators = [np.random.default_rng([0, i]) for i in range(2)]
+    expected = pipe(batch_size=2, num_inference_steps=3, generator=generators, output_type="latent").images.asnumpy()
     np.testing.assert_allclose(np.load(raw), expected, rtol=1e-5, atol=1e-6)
     assert cli._model_pipeline(tmp_path) == "ddim"  # no model_index.json: the DDIM default
 

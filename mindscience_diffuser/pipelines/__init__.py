@@ -1,4 +1,5 @@
 """Pipelines: the compiled sampling loop and the image pipelines built on it."""
+from .export import ExportedSampler, export_sampler, load_sampler
 from .pipeline_consistency_models import ConsistencyModelPipeline
 from .pipeline_ddim import DDIMPipeline
 from .pipeline_ddpm import DDPMPipeline
@@ -17,4 +18,7 @@ __all__ = [
     "ScoreSdeVePipeline",
     "ConsistencyModelPipeline",
     "SamplingLoop",
+    "ExportedSampler",
+    "export_sampler",
+    "load_sampler",
 ]

@@ -7,7 +7,7 @@ import numpy as np
 from mindspore import Tensor
 
 from ..schedulers.consistency_models import CMStochasticIterativeScheduler
-from ..utils import GeneratorLike
+from ..utils import BatchGeneratorLike
 from .pipeline_utils import DiffusionPipeline
 
 
@@ -33,7 +33,7 @@ class ConsistencyModelPipeline(DiffusionPipeline):
         class_labels=None,
         num_inference_steps: int = 1,
         timesteps: Optional[Sequence[int]] = None,
-        generator: GeneratorLike = None,
+        generator: BatchGeneratorLike = None,
         latents=None,
         output_type: Optional[str] = None,
         return_dict: bool = True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..schedulers.ddim import DDIMScheduler
-from ..utils import GeneratorLike
+from ..utils import BatchGeneratorLike
 from .pipeline_utils import VP_DESCRIPTION, VP_SCHEDULERS, DiffusionPipeline, convert_scheduler
 
 
@@ -38,7 +38,7 @@ class DDIMPipeline(DiffusionPipeline):
     def __call__(
         self,
         batch_size: int = 1,
-        generator: GeneratorLike = None,
+        generator: BatchGeneratorLike = None,
         eta: float = 0.0,
         num_inference_steps: int = 50,
         use_clipped_model_output: Optional[bool] = None,
@@ -55,7 +55,8 @@ class DDIMPipeline(DiffusionPipeline):
         Args:
             batch_size: number of images.
             generator: a ``numpy.random.Generator`` or an int seed; draws the starting noise
-                (unless ``latents`` is given) and, for ``eta > 0``, the noise of every step.
+                (unless ``latents`` is given) and, for ``eta > 0``, the noise of every step. A
+                list of ``batch_size`` of them: sample i's noise comes from generator i alone.
             eta: η of DDIM (0: deterministic DDIM, 1: DDPM-like), in [0, 1].
             num_inference_steps: number of denoising steps.
             use_clipped_model_output: recompute ε from the clipped x̂0 (see ``DDIMScheduler.step``).

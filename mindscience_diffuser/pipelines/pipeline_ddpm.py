@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..utils import GeneratorLike
+from ..utils import BatchGeneratorLike
 from .pipeline_utils import VP_DESCRIPTION, VP_SCHEDULERS, DiffusionPipeline
 
 
@@ -25,7 +25,7 @@ class DDPMPipeline(DiffusionPipeline):
     def __call__(
         self,
         batch_size: int = 1,
-        generator: GeneratorLike = None,
+        generator: BatchGeneratorLike = None,
         num_inference_steps: int = 1000,
         output_type: Optional[str] = None,
         return_dict: bool = True,

@@ -9,7 +9,7 @@ from mindspore import Tensor
 from ..models.conditioning import condition_spec
 from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
 from ..schedulers.dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
-from ..utils import GeneratorLike, check_positive
+from ..utils import BatchGeneratorLike, check_positive
 from .pipeline_utils import DiffusionPipeline, convert_scheduler, images_to_samples
 
 
@@ -45,7 +45,7 @@ class DPMSolverPipeline(DiffusionPipeline):
     def __call__(
         self,
         batch_size: int = 1,
-        generator: GeneratorLike = None,
+        generator: BatchGeneratorLike = None,
         num_inference_steps: int = 20,
         latents=None,
         output_type: Optional[str] = None,

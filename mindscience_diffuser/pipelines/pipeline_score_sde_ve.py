@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..schedulers.score_sde_ve import ScoreSdeVeScheduler
-from ..utils import GeneratorLike
+from ..utils import BatchGeneratorLike
 from .pipeline_utils import DiffusionPipeline
 
 
@@ -29,7 +29,7 @@ class ScoreSdeVePipeline(DiffusionPipeline):
         self,
         batch_size: int = 1,
         num_inference_steps: int = 2000,
-        generator: GeneratorLike = None,
+        generator: BatchGeneratorLike = None,
         output_type: Optional[str] = None,
         return_dict: bool = True,
         latents=None,

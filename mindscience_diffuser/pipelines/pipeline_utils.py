@@ -13,7 +13,10 @@ so a folder written by diffusers' ``save_pretrained`` loads here and the reverse
 Randomness: every random number (starting latents, class labels, per-step noise) comes from
 one ``numpy.random.Generator`` (or int seed), drawn on the host *before* the loop in the order
 the reference samplers draw them, so a seed gives the same images in PyNative, GRAPH_MODE and
-under ``ms.jit``.
+under ``ms.jit``. ``generator`` may also be a list of one generator per sample (as diffusers
+takes a list of torch generators): sample i's latents, class label and every step's noise then
+come from generator i, so a sample does not depend on the batch it is drawn in
+(:class:`~mindscience_diffuser.utils.BatchGenerator`).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from ..normalization import MODEL_INDEX_KEY, DataNormalization
 from ..outputs import ImagePipelineOutput
 from ..schedulers.base import VPSchedulerBase
 from ..schedulers.euler_discrete import EulerDiscreteScheduler
-from ..utils import GeneratorLike, as_numpy_generator, check_choice, check_positive
+from ..utils import BatchGenerator, BatchGeneratorLike, as_batch_generator, check_choice, check_positive
 from .sampling_loop import SamplingLoop, loop_constants_for
 
 OUTPUT_TYPES = ("pil", "np", "ms", "latent", "field")
@@ -81,6 +84,14 @@ def to_images(sample: Tensor, output_type: str, scale_from_signed: bool = True):
         return Tensor(x)
     x = x.transpose(0, 2, 3, 1)
     return numpy_to_pil(x) if output_type == "pil" else x
+
+
+def samples_to_data_units(samples, signed_output: bool, normalization: Optional[DataNormalization]):
+    """Final float32 samples (numpy or Tensor) in the data's units: samplers that end in [0, 1]
+    (``signed_output`` False) are first mapped to [-1, 1], the model space they were trained in,
+    then ``x · std + mean`` per channel (the identity without stored statistics)."""
+    x = samples if signed_output else samples * 2.0 - 1.0
+    return x if normalization is None else normalization.to_data_units(x)
 
 
 def images_to_samples(images) -> Tensor:
@@ -314,8 +325,7 @@ class DiffusionPipeline:
         every other type by :func:`to_images`."""
         if output_type != "field":
             return to_images(final, output_type, scale_from_signed=self.signed_output)
-        sample = final.astype(ms.float32)
-        return self.to_data_units(sample if self.signed_output else sample * 2.0 - 1.0)
+        return samples_to_data_units(final.astype(ms.float32), self.signed_output, self._data_normalization)
 
     # -- components --------------------------------------------------------------------------
     def register_modules(self, **modules) -> None:
@@ -457,7 +467,7 @@ class DiffusionPipeline:
         raise ValueError(f"cannot tell the sample shape of a {type(self.unet).__name__}: pass sample_shape= (one "
                          "sample's shape) or latents=")
 
-    def _prepare_latents(self, shape, latents, rng: np.random.Generator) -> np.ndarray:
+    def _prepare_latents(self, shape, latents, rng: BatchGenerator) -> np.ndarray:
         if latents is None:
             return rng.standard_normal(shape).astype(np.float32)
         if isinstance(latents, Tensor):
@@ -486,7 +496,7 @@ class DiffusionPipeline:
         return output_type
 
     def _conditioning(self, spec: ConditionSpec, condition, class_labels, guidance_scale, shape, dtype,
-                      rng: np.random.Generator):
+                      rng: Optional[BatchGenerator]):
         """``(condition, class_labels, guidance_scale)`` for the loop: checked, as Tensors, and for a
         guided call (``guidance_scale`` other than 1) the conditional batch followed by the null one."""
         batch = shape[0]
@@ -514,7 +524,7 @@ class DiffusionPipeline:
     def _sample(
         self,
         batch_size: int,
-        generator: GeneratorLike,
+        generator: BatchGeneratorLike,
         num_inference_steps,
         latents,
         output_type: Optional[str],
@@ -528,7 +538,8 @@ class DiffusionPipeline:
         sample_shape=None,
     ):
         """The shared ``__call__``: validate, schedule, draw (latents, class labels, step noise)
-        from one generator, run the loop, convert to ``output_type``."""
+        from one generator, or from generator i for sample i when ``generator`` is a list of
+        ``batch_size`` of them, run the loop, convert to ``output_type``."""
         batch_size = check_positive("batch_size", batch_size, integer=True)
         if num_inference_steps is not None:
             check_positive("num_inference_steps", num_inference_steps, integer=True)
@@ -540,7 +551,7 @@ class DiffusionPipeline:
                 f"{type(self).__name__} cannot drive a {type(scheduler).__name__}; use {self._supported_text()}"
             )
         dtype = scheduler.compute_dtype
-        rng = as_numpy_generator(generator)
+        rng = as_batch_generator(generator, batch_size)
         x = self._prepare_latents(shape, latents, rng)
         cond, labels, scale = self._conditioning(condition_spec(self.unet), condition, class_labels, guidance_scale,
                                                  shape, dtype, rng)
@@ -548,7 +559,7 @@ class DiffusionPipeline:
         timesteps, knobs, stochastic = loop.schedule(num_inference_steps, **(schedule_options or {}))
         x = x * scheduler.init_noise_sigma
         if stochastic:
-            noise = rng.standard_normal((len(timesteps),) + shape).astype(np.float32)
+            noise = rng.standard_normal((len(timesteps),) + shape, batch_axis=1).astype(np.float32)
         else:
             noise = np.zeros((1,) + shape, np.float32)
         final = self._run_loop(loop, Tensor(x, dtype), timesteps, knobs, Tensor(noise, dtype), cond, labels, scale)
@@ -572,7 +583,7 @@ class DiffusionPipeline:
         return final
 
     def _class_labels(self, spec: ConditionSpec, class_labels, batch_size: int,
-                      rng: np.random.Generator) -> Optional[Tensor]:
+                      rng: Optional[BatchGenerator]) -> Optional[Tensor]:
         """``class_labels`` checked against the model (:func:`prepare_class_labels`)."""
         return prepare_class_labels(spec, class_labels, batch_size)
 
