@@ -1,26 +1,32 @@
-"""A C++ group-norm kernel for MindSpore's CPU backend, beside the plain ``ops.group_norm``.
+"""C++ kernels for MindSpore's CPU backend, each beside the plain MindSpore op it replaces.
 
-MindSpore 2.8's CPU ``GroupNorm`` kernel takes 3.1 ms on a (4, 64, 32, 32) tensor in GRAPH_MODE
-where torch takes 0.05 ms; at batch >= 4 a UNet's normalisations cost about as much as its
-convolutions. ``kernels/group_norm_cpu.cc`` does the same math in one pass per group (0.16 ms
-there) and can apply SiLU in the same pass. It runs through ``ops.Custom(func_type="aot")``: the
-source is compiled once per machine with ``g++`` into a cache folder and loaded by path.
+Measured in GRAPH_MODE on the project's 2-core machine (benchmarks/bench_groupnorm.py,
+docs/benchmarks.md), MindSpore 2.8's CPU kernels leave two costs that these remove:
 
-Which implementation a :class:`~mindscience_diffuser.models.layers.GroupNorm` uses is fixed when
-it is built, from :func:`group_norm_kernel` (``"auto"`` unless set):
+- **GroupNorm**: 2.2 ms on a (4, 64, 32, 32) tensor where torch takes 0.05 ms; at batch >= 4 a
+  UNet's normalisations cost about as much as its convolutions. ``kernels/group_norm_cpu.cc``
+  does the same math in one pass per group (0.16 ms there) and can apply SiLU in that pass.
+- **3×3 convolution**: MindSpore hands oneDNN 2.2 plain NCHW tensors, which selects its
+  im2col + GEMM implementation (``gemm:jit``), about 70 GFLOP/s. ``kernels/winograd_cpu.cc``
+  holds the transforms of Winograd's F(2×2, 3×3) algorithm; the product in between is
+  MindSpore's BatchMatMul (about 90 GFLOP/s) on 2.25× fewer multiplications.
 
-- ``"auto"``: the C++ kernel when ``mindspore.get_context("device_target") == "CPU"`` and it
-  compiles, else the plain op (a failed build warns once and falls back);
-- ``"plain"``: ``ops.group_norm`` everywhere (GPU and Ascend always use it under ``"auto"``);
-- ``"cpu"``: the C++ kernel, or an error saying why it cannot be used.
+Both run through ``ops.Custom(func_type="aot")``: each source is compiled once per machine with
+``g++`` into a cache folder and loaded by path. Which implementation a layer uses is fixed when it
+is built, from :func:`cpu_kernels_choice` (``"auto"`` unless set):
 
-Set it with :func:`set_group_norm_kernel` or the ``MINDSCIENCE_DIFFUSER_GROUP_NORM`` environment
+- ``"auto"``: the C++ kernels when ``mindspore.get_context("device_target") == "CPU"`` and they
+  compile, else the plain ops (a failed build warns once and falls back);
+- ``"plain"``: MindSpore's ops everywhere (GPU and Ascend always use them under ``"auto"``);
+- ``"cpu"``: the C++ kernels, or an error saying why they cannot be used.
+
+Set it with :func:`set_cpu_kernels` or the ``MINDSCIENCE_DIFFUSER_CPU_KERNELS`` environment
 variable before building a model. ``MINDSCIENCE_DIFFUSER_KERNEL_CACHE`` overrides the cache folder
 (default ``~/.cache/mindscience_diffuser/kernels``).
 
-The kernel takes float32 only; a float16 model's norms upcast to it, so statistics stay float32
-(as the plain path). Its gradient (:func:`_group_norm_bprop`) is written with plain ops, so
-training through it works in both execution modes.
+The kernels take float32 only: a float16 model's norms upcast to them (statistics stay float32,
+as on the plain path) and its convolutions stay plain. Their gradients are written with plain
+ops, so training through them works in both execution modes.
 """
 from __future__ import annotations
 
@@ -36,15 +42,18 @@ from pathlib import Path
 from typing import Optional
 
 import mindspore as ms
-from mindspore import Tensor, ops
+from mindspore import Tensor, nn, ops
+from mindspore.ops.operations import _grad_ops
 
 from ..utils import check_choice
 
-GROUP_NORM_KERNELS = ("auto", "plain", "cpu")
-ENV_CHOICE = "MINDSCIENCE_DIFFUSER_GROUP_NORM"
+CHOICES = ("auto", "plain", "cpu")
+ENV_CHOICE = "MINDSCIENCE_DIFFUSER_CPU_KERNELS"
 ENV_CACHE = "MINDSCIENCE_DIFFUSER_KERNEL_CACHE"
-SOURCE = Path(__file__).resolve().parent / "kernels" / "group_norm_cpu.cc"
-# -march=native: the library is built on the machine that runs it, and its file name carries the
+SOURCES = Path(__file__).resolve().parent / "kernels"
+GROUP_NORM_SOURCE = "group_norm_cpu.cc"
+WINOGRAD_SOURCE = "winograd_cpu.cc"
+# -march=native: each library is built on the machine that runs it, and its file name carries the
 # CPU's feature flags, so a cache folder shared between different machines keeps one per CPU.
 # -fno-trapping-math lets the SiLU loop's clamps vectorise; it changes no result.
 COMPILE_FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-shared", "-fPIC")
@@ -53,24 +62,24 @@ _choice: Optional[str] = None
 _warned = False
 
 
-def set_group_norm_kernel(choice: Optional[str]) -> None:
-    """Choose the group-norm implementation of models built from now on: ``"auto"``, ``"plain"`` or ``"cpu"``.
+def set_cpu_kernels(choice: Optional[str]) -> None:
+    """Choose the implementation of layers built from now on: ``"auto"``, ``"plain"`` or ``"cpu"``.
 
     ``None`` forgets the choice (back to the environment variable, else ``"auto"``). Models
     already built keep theirs.
     """
     global _choice
     if choice is not None:
-        check_choice("group_norm_kernel", choice, GROUP_NORM_KERNELS)
+        check_choice("cpu_kernels", choice, CHOICES)
     _choice = choice
 
 
-def group_norm_kernel() -> str:
-    """The current choice: :func:`set_group_norm_kernel`'s, else ``$MINDSCIENCE_DIFFUSER_GROUP_NORM``, else "auto"."""
+def cpu_kernels_choice() -> str:
+    """The current choice: :func:`set_cpu_kernels`'s, else ``$MINDSCIENCE_DIFFUSER_CPU_KERNELS``, else "auto"."""
     if _choice is not None:
         return _choice
     choice = os.environ.get(ENV_CHOICE, "auto")
-    check_choice(ENV_CHOICE, choice, GROUP_NORM_KERNELS)
+    check_choice(ENV_CHOICE, choice, CHOICES)
     return choice
 
 
@@ -96,8 +105,8 @@ def _cpu_features() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_library() -> Path:
-    """The kernel library's path, compiled on first use (``OSError`` when it cannot be built).
+def compiled_library(source: str) -> Path:
+    """The path of ``kernels/<source>`` compiled, built on first use (``OSError`` when it cannot be).
 
     The file name hashes the source, the flags, the compiler's version and the CPU's features,
     so an edit or another machine builds anew; the build goes to a temporary name first and is
@@ -105,23 +114,24 @@ def compiled_library() -> Path:
     """
     compiler = shutil.which("g++")
     if compiler is None:
-        raise OSError("the CPU group-norm kernel needs g++ on PATH to compile kernels/group_norm_cpu.cc")
+        raise OSError(f"the CPU kernels need g++ on PATH to compile kernels/{source}")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    path = SOURCES / source
     key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (SOURCE.read_text(), " ".join(COMPILE_FLAGS), version,
+        b"\0".join(s.encode() for s in (path.read_text(), " ".join(COMPILE_FLAGS), version,
                                          platform.machine(), _cpu_features()))
     ).hexdigest()[:16]
     folder = _cache_dir()
-    library = folder / f"group_norm_cpu_{key}.so"
+    library = folder / f"{path.stem}_{key}.so"
     if library.is_file():
         return library
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{library.name}.{os.getpid()}.tmp"
-    build = subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(partial), str(SOURCE)],
+    build = subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(partial), str(path)],
                            capture_output=True, text=True, check=False)
     if build.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise OSError(f"g++ could not compile {SOURCE}:\n{build.stderr.strip()}")
+        raise OSError(f"g++ could not compile {path}:\n{build.stderr.strip()}")
     os.replace(partial, library)
     return library
 
@@ -130,25 +140,26 @@ def _device_target() -> str:
     return ms.get_context("device_target")
 
 
-def use_cpu_group_norm(choice: Optional[str] = None) -> bool:
-    """Whether a GroupNorm built now runs the C++ kernel, for ``choice`` (default :func:`group_norm_kernel`)."""
+def use_cpu_kernels(choice: Optional[str] = None) -> bool:
+    """Whether a layer built now runs the C++ kernels, for ``choice`` (default :func:`cpu_kernels_choice`)."""
     global _warned
-    choice = group_norm_kernel() if choice is None else choice
-    check_choice("group_norm_kernel", choice, GROUP_NORM_KERNELS)
+    choice = cpu_kernels_choice() if choice is None else choice
+    check_choice("cpu_kernels", choice, CHOICES)
     if choice == "plain":
         return False
     target = _device_target()
     if target != "CPU":
         if choice == "cpu":
-            raise ValueError(f"group_norm_kernel='cpu' needs device_target 'CPU', but it is {target!r}")
+            raise ValueError(f"cpu_kernels='cpu' needs device_target 'CPU', but it is {target!r}")
         return False
     try:
-        compiled_library()
+        for source in (GROUP_NORM_SOURCE, WINOGRAD_SOURCE):
+            compiled_library(source)
     except OSError as err:
         if choice == "cpu":
             raise
         if not _warned:
-            warnings.warn(f"{err}\nfalling back to ops.group_norm", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"{err}\nfalling back to MindSpore's own CPU kernels", RuntimeWarning, stacklevel=3)
             _warned = True
         return False
     return True
@@ -193,5 +204,59 @@ def _group_norm_bprop(fused_silu: bool):
 def group_norm_op(fused_silu: bool) -> ops.Custom:
     """The aot primitive: (x (B, G, Cg, S), weight (G, Cg), bias (G, Cg), eps (1,)) -> y, float32."""
     name = "GroupNormSiLU" if fused_silu else "GroupNorm"
-    return ops.Custom(f"{compiled_library()}:{name}", _same_as_input, _same_as_input, "aot",
+    return ops.Custom(f"{compiled_library(GROUP_NORM_SOURCE)}:{name}", _same_as_input, _same_as_input, "aot",
                       bprop=_group_norm_bprop(fused_silu))
+
+
+# ---- Winograd F(2x2, 3x3) convolution ---------------------------------------------------------------
+
+#: Below this many output pixels per image the transforms cost more than they save (measured: a
+#: 256-channel 8x8 map ran 1.1x slower than MindSpore's convolution, 16x16 and larger ran faster).
+WINOGRAD_MIN_PIXELS = 16 * 16
+
+
+def _tiles(size: int) -> int:
+    return (size + 1) // 2
+
+
+@functools.lru_cache(maxsize=None)
+def winograd_ops():
+    """The three aot transforms (kernels/winograd_cpu.cc), float32:
+
+    filter (O, C, 3, 3) -> U (16, O, C); input (B, C, H, W) -> V (16, C, T) with T = B·⌈H/2⌉·⌈W/2⌉
+    tiles; output (M (16, O, T), bias (O,), x) -> (B, O, H, W), x read for its shape only.
+    """
+    library = compiled_library(WINOGRAD_SOURCE)
+    filter_op = ops.Custom(f"{library}:WinogradFilter", lambda g: [16, g[0], g[1]], _same_as_input, "aot")
+    input_op = ops.Custom(f"{library}:WinogradInput", lambda x: [16, x[1], x[0] * _tiles(x[2]) * _tiles(x[3])],
+                          _same_as_input, "aot")
+    output_op = ops.Custom(f"{library}:WinogradOutput", lambda m, b, x: [x[0], m[1], x[2], x[3]], _same_as_input,
+                           "aot")
+    return filter_op, input_op, output_op
+
+
+class WinogradConv3x3(nn.Cell):
+    """y = conv2d(x, weight, padding 1) + bias for a 3×3 filter, by Winograd's F(2×2, 3×3).
+
+    With U = G g Gᵀ per filter and V = Bᵀ d B per 4×4 input tile (kernels/winograd_cpu.cc), each
+    2×2 output tile is Aᵀ [Σ_c U ⊙ V] A: the channel sums are 16 matrix products, one BatchMatMul.
+    The backward pass is the plain convolution's (``Conv2DBackpropInput`` / ``Conv2DBackpropFilter``),
+    so gradients equal the plain layer's up to rounding.
+    """
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.filter_transform, self.input_transform, self.output_transform = winograd_ops()
+        self.batch_matmul = ops.BatchMatMul()
+        self.input_grad = ops.Conv2DBackpropInput(out_channels, 3, pad_mode="pad", pad=1)
+        # pad_list too: this primitive's default (0, 0, 0, 0) overrides pad and breaks the descriptor.
+        self.filter_grad = _grad_ops.Conv2DBackpropFilter(out_channels, 3, pad_mode="pad", pad=1,
+                                                          pad_list=(1, 1, 1, 1))
+
+    def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        products = self.batch_matmul(self.filter_transform(weight), self.input_transform(x))
+        return self.output_transform(products, bias, x)
+
+    def bprop(self, x, weight, bias, out, dout):
+        return (self.input_grad(dout, weight, x.shape), self.filter_grad(dout, x, weight.shape),
+                dout.sum(axis=(0, 2, 3)))

@@ -18,7 +18,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
 from ..utils import check_choice
-from .cpu_kernels import group_norm_op, use_cpu_group_norm
+from .cpu_kernels import WINOGRAD_MIN_PIXELS, WinogradConv3x3, group_norm_op, use_cpu_kernels
 
 #: Activation names diffusers' ``get_activation`` accepts (case-insensitive).
 ACTIVATIONS = ("swish", "silu", "mish", "gelu", "relu")
@@ -58,7 +58,7 @@ class GroupNorm(nn.Cell):
     affine parameters are upcast first and the result cast back.
 
     Two implementations, fixed at construction by ``kernel`` (default: the process-wide
-    :func:`~mindscience_diffuser.models.cpu_kernels.group_norm_kernel`, ``"auto"``): on the CPU
+    :func:`~mindscience_diffuser.models.cpu_kernels.cpu_kernels_choice`, ``"auto"``): on the CPU
     backend a C++ kernel (:mod:`~mindscience_diffuser.models.cpu_kernels`) that normalises in one
     pass and applies SiLU in the same pass, 5–20× faster than MindSpore 2.8's CPU kernel; elsewhere,
     or with ``kernel="plain"``, the fused ``ops.group_norm`` kernel followed by the activation Cell.
@@ -77,7 +77,7 @@ class GroupNorm(nn.Cell):
         self.has_act = act_fn is not None
         if self.has_act:
             self.act = get_activation(act_fn)
-        self.use_cpu_kernel = use_cpu_group_norm(kernel)
+        self.use_cpu_kernel = use_cpu_kernels(kernel)
         # Only the C++ kernel fuses, and only SiLU (x·σ(x)); any other activation runs after it.
         self.fuses_act = self.use_cpu_kernel and self.has_act and act_fn.lower() in ("silu", "swish")
         if self.use_cpu_kernel:
@@ -119,6 +119,30 @@ class Embedding(nn.Cell):
         return ops.gather(self.weight, index.astype(ms.int32), 0)
 
 
+class WinogradConv2d(nn.Conv2d):
+    """A biased 3×3, stride-1, zero-padding-1 ``nn.Conv2d`` (same parameters) for the CPU backend.
+
+    Maps of at least ``WINOGRAD_MIN_PIXELS`` pixels go through Winograd's F(2×2, 3×3)
+    (:class:`~mindscience_diffuser.models.cpu_kernels.WinogradConv3x3`), smaller ones through
+    ``nn.Conv2d`` itself; both give conv2d(x, weight) + bias up to float32 rounding.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dtype=ms.float32):
+        super().__init__(in_channels, out_channels, 3, stride=1, pad_mode="pad", padding=1, has_bias=True,
+                         dtype=dtype)
+        self.winograd = WinogradConv3x3(out_channels)
+
+    def construct(self, x: Tensor) -> Tensor:
+        # The shape is a compile-time constant in GRAPH_MODE, so this picks one path per graph.
+        if x.shape[-2] * x.shape[-1] < WINOGRAD_MIN_PIXELS:
+            return super().construct(x)
+        return self.winograd(x, self.weight, self.bias)
+
+
+#: Below this many input channels the Winograd products are too thin to beat the direct kernel.
+WINOGRAD_MIN_CHANNELS = 16
+
+
 def Conv2d(
     in_channels: int,
     out_channels: int,
@@ -126,12 +150,20 @@ def Conv2d(
     stride: int = 1,
     padding: Union[int, Tuple[int, int, int, int]] = 0,
     dtype=ms.float32,
+    kernel: Optional[str] = None,
 ) -> nn.Cell:
     """A biased ``nn.Conv2d`` with explicit zero padding (torch's ``padding=``).
 
     ``padding`` is an int or (top, bottom, left, right). Parameters ``weight`` (O, I, kH, kW)
-    and ``bias`` (O,) have torch's layout.
+    and ``bias`` (O,) have torch's layout. A float32 3×3, stride-1, padding-1 convolution of at
+    least ``WINOGRAD_MIN_CHANNELS`` input channels is a :class:`WinogradConv2d` when the CPU
+    kernels are chosen (``kernel``, default the process-wide
+    :func:`~mindscience_diffuser.models.cpu_kernels.cpu_kernels_choice`).
     """
+    winograd_shaped = (kernel_size == 3 and stride == 1 and padding in (1, (1, 1, 1, 1)) and dtype == ms.float32
+                       and in_channels >= WINOGRAD_MIN_CHANNELS)
+    if winograd_shaped and use_cpu_kernels(kernel):
+        return WinogradConv2d(in_channels, out_channels, dtype=dtype)
     return nn.Conv2d(
         in_channels,
         out_channels,
