@@ -56,7 +56,10 @@ WINOGRAD_SOURCE = "winograd_cpu.cc"
 # -march=native: each library is built on the machine that runs it, and its file name carries the
 # CPU's feature flags, so a cache folder shared between different machines keeps one per CPU.
 # -fno-trapping-math lets the SiLU loop's clamps vectorise; it changes no result.
-COMPILE_FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-shared", "-fPIC")
+# -pthread: the kernels split their loops over the cores themselves (kernels/parallel.h; threads per
+# call from $MINDSCIENCE_DIFFUSER_KERNEL_THREADS, else the hardware's, at most 8).
+COMPILE_FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-pthread", "-shared",
+                 "-fPIC")
 
 _choice: Optional[str] = None
 _warned = False
@@ -108,18 +111,20 @@ def _cpu_features() -> str:
 def compiled_library(source: str) -> Path:
     """The path of ``kernels/<source>`` compiled, built on first use (``OSError`` when it cannot be).
 
-    The file name hashes the source, the flags, the compiler's version and the CPU's features,
-    so an edit or another machine builds anew; the build goes to a temporary name first and is
-    renamed into place, so concurrent processes (msrun workers) never load a half-written file.
+    The file name hashes the source and the headers beside it, the flags, the compiler's version
+    and the CPU's features, so an edit or another machine builds anew; the build goes to a
+    temporary name first and is renamed into place, so concurrent processes (msrun workers) never
+    load a half-written file.
     """
     compiler = shutil.which("g++")
     if compiler is None:
         raise OSError(f"the CPU kernels need g++ on PATH to compile kernels/{source}")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     path = SOURCES / source
+    texts = [path.read_text()] + [header.read_text() for header in sorted(SOURCES.glob("*.h"))]
     key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (path.read_text(), " ".join(COMPILE_FLAGS), version,
-                                         platform.machine(), _cpu_features()))
+        b"\0".join(s.encode() for s in (*texts, " ".join(COMPILE_FLAGS), version, platform.machine(),
+                                         _cpu_features()))
     ).hexdigest()[:16]
     folder = _cache_dir()
     library = folder / f"{path.stem}_{key}.so"
