@@ -100,10 +100,10 @@ def enable_compile_cache(key: Any, cache_root: Optional[Union[str, os.PathLike]]
     MindSpore identifies a cached graph only by its place in the process's compile order
     (``compile_cache_0.mindir``, ``_1``, ...) and by a hash of the Python source it was traced
     from, not by the model's configuration or the input shapes: a CIFAR-10 UNet started on a
-    folder written by the small UNet failed (Reshape size mismatch), and a graph whose shapes do
-    agree would run with the old graph's constants. Hence one folder per ``key``: pass everything
-    that decides what the process compiles — the model's config, batch size, step count, dtype —
-    as any JSON-serialisable value (others by ``str``). The folder name hashes it with the
+    folder written by the small UNet failed (Reshape size mismatch), and a batch-8 call on a
+    folder written at batch 4 returned a batch-4 output without any error. Hence one folder per
+    ``key``: pass everything that decides what the process compiles — the model's config, batch
+    size, step count, dtype — as any JSON-serialisable value (others by ``str``). The folder name hashes it with the
     MindSpore version, the device target and the execution mode, under ``cache_root`` (default
     ``$MINDSCIENCE_DIFFUSER_COMPILE_CACHE``, else ``~/.cache/mindscience_diffuser/compile_cache``).
     """
