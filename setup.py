@@ -12,7 +12,9 @@ setup(
     python_requires=">=3.9,<3.12",
     packages=find_packages(include=["mindscience_diffuser", "mindscience_diffuser.*"]),
     package_data={"mindscience_diffuser": ["default_model/*.json", "default_model/*/*.json",
-                                           "default_model/*/*.safetensors"]},
+                                           "default_model/*/*.safetensors",
+                                           # compiled on first use by models/cpu_kernels.py
+                                           "models/kernels/*.cc", "models/kernels/*.h"]},
     install_requires=[
         # 2.9 and 2.10 run CPU convolution over 100x slower; see README.
         "mindspore>=2.7.1,<2.9",

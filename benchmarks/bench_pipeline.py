@@ -9,12 +9,15 @@ compiles the whole loop (compile ≈ first call - median call). Peak memory: eac
 alone in a fresh subprocess (one warm-up-free pipeline call, so ours includes compilation) and
 reports its peak resident set (VmHWM: framework + weights + activations).
 
+Ours is built once per ``--kernels`` choice (``auto``: the C++ CPU kernels of
+models/cpu_kernels.py; ``plain``: MindSpore's own ops), each timed interleaved with diffusers.
+
 ``--pynative`` also times our pipeline in PyNative (the same loop Cell run eagerly, one Python
 iteration per step) on the first configuration, to show what compiling the loop buys.
 
 Usage (from the repository root):
     python benchmarks/bench_pipeline.py --quick                     # small layout only, 1 rep
-    python benchmarks/bench_pipeline.py --reps 3 --pynative --write-md docs/benchmarks.md
+    python benchmarks/bench_pipeline.py --layouts small cifar10 --batches 1 4 8 --steps 20 --kernels auto plain
 """
 from __future__ import annotations
 
@@ -52,10 +55,10 @@ def build_torch_pipe(layout: str):
     return pipe
 
 
-def build_our_pipe(layout: str):
+def build_our_pipe(layout: str, kernels: str = "auto"):
     from mindscience_diffuser import DDIMPipeline, DDIMScheduler
 
-    pipe = DDIMPipeline(_bench_unet().build_ours(layout), DDIMScheduler(**SCHEDULER))
+    pipe = DDIMPipeline(_bench_unet().build_ours(layout, kernels), DDIMScheduler(**SCHEDULER))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -66,7 +69,9 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_config(layout: str, batch: int, steps: int, reps: int, theirs, ours, warm_up_theirs: bool = True) -> dict:
+def bench_config(layout: str, batch: int, steps: int, reps: int, theirs, ours: dict,
+                 warm_up_theirs: bool = True) -> dict:
+    """``ours``: {kernel choice: pipeline}. Each first call compiles its loop; then all are interleaved."""
     import torch
 
     def run_theirs():
@@ -74,19 +79,25 @@ def bench_config(layout: str, batch: int, steps: int, reps: int, theirs, ours, w
             theirs(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
                    output_type="np")
 
-    def run_ours():
-        ours(batch_size=batch, num_inference_steps=steps, generator=0, output_type="np")
+    def runner(pipe):
+        return lambda: pipe(batch_size=batch, num_inference_steps=steps, generator=0, output_type="np")
 
-    first = timed(run_ours)  # compiles the loop for this (shape, steps)
+    runs = {choice: runner(pipe) for choice, pipe in ours.items()}
+    first = {choice: timed(run) for choice, run in runs.items()}  # compiles the loop for this (shape, steps)
     if warm_up_theirs:  # torch compiles nothing; one warm-up per pipeline settles its allocator and threads
         run_theirs()
-    mine, ref = [], []
+    runs["torch"] = run_theirs
+    times = {name: [] for name in runs}
     for _ in range(reps):
-        mine.append(timed(run_ours))
-        ref.append(timed(run_theirs))
-    ours_s, torch_s = statistics.median(mine), statistics.median(ref)
-    return dict(layout=layout, batch=batch, steps=steps, ours_s=ours_s, torch_s=torch_s, ratio=ours_s / torch_s,
-                first_s=first, compile_s=max(first - ours_s, 0.0), reps=reps)
+        for name, run in runs.items():
+            times[name].append(timed(run))
+    torch_s = statistics.median(times.pop("torch"))
+    mine = {}
+    for choice, t in times.items():
+        ours_s = statistics.median(t)
+        mine[choice] = dict(ours_s=ours_s, ratio=ours_s / torch_s, first_s=first[choice],
+                            compile_s=max(first[choice] - ours_s, 0.0))
+    return dict(layout=layout, batch=batch, steps=steps, torch_s=torch_s, ours=mine, reps=reps)
 
 
 def bench_pynative(layout: str, batch: int, steps: int, ours) -> dict:
@@ -107,6 +118,7 @@ def bench_pynative(layout: str, batch: int, steps: int, ours) -> dict:
 # ----------------------------------------------------------------------------- memory (subprocess)
 
 def memory_child(side: str, layout: str, batch: int, steps: int) -> None:
+    """Runs in its own process: ``side`` is ``torch`` or ``ours-CHOICE`` (a ``--kernels`` value)."""
     peak = _bench_unet()._maxrss_mib
     if side == "torch":
         import torch
@@ -120,7 +132,7 @@ def memory_child(side: str, layout: str, batch: int, steps: int) -> None:
         import mindspore as ms
 
         ms.set_context(mode=ms.GRAPH_MODE)
-        pipe = build_our_pipe(layout)
+        pipe = build_our_pipe(layout, side.split("-")[1])
         before = peak()
         pipe(batch_size=batch, num_inference_steps=steps, generator=0, output_type="np")
     print(json.dumps(dict(peak_mib=peak(), call_mib=peak() - before)))
@@ -135,23 +147,25 @@ def memory(side: str, layout: str, batch: int, steps: int) -> dict:
 # ----------------------------------------------------------------------------- report
 
 def table(rows, memories) -> str:
-    lines = [
-        "| layout | batch | steps | ours GRAPH s | diffusers s | ratio ours/diffusers "
-        "| ours ms/step | diffusers ms/step | ours first call s (compile s) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    choices = list(rows[0]["ours"])
+    head = ["layout", "batch", "steps", "diffusers s", "diffusers ms/step"]
+    for c in choices:
+        head += [f"ours GRAPH s ({c})", f"ratio ours/diffusers ({c})", f"ours ms/step ({c})",
+                 f"ours first call s (compile s) ({c})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(
-            f"| {r['layout']} | {r['batch']} | {r['steps']} | {r['ours_s']:.2f} | {r['torch_s']:.2f} "
-            f"| **{r['ratio']:.2f}** "
-            f"| {r['ours_s'] / r['steps'] * 1e3:.1f} | {r['torch_s'] / r['steps'] * 1e3:.1f} "
-            f"| {r['first_s']:.1f} ({r['compile_s']:.1f}) |"
-        )
+        cells = [r["layout"], str(r["batch"]), str(r["steps"]), f"{r['torch_s']:.2f}",
+                 f"{r['torch_s'] / r['steps'] * 1e3:.1f}"]
+        for c in choices:
+            o = r["ours"][c]
+            cells += [f"{o['ours_s']:.2f}", f"**{o['ratio']:.2f}**", f"{o['ours_s'] / r['steps'] * 1e3:.1f}",
+                      f"{o['first_s']:.1f} ({o['compile_s']:.1f})"]
+        lines.append("| " + " | ".join(cells) + " |")
     if memories:
         lines += [
             "",
-            "| layout | batch | steps | peak RSS MiB ours (GRAPH, incl. compile) | peak RSS MiB diffusers "
-            "| growth during the call ours / diffusers |",
+            f"| layout | batch | steps | peak RSS MiB ours ({choices[0]}, GRAPH, incl. compile) "
+            "| peak RSS MiB diffusers | growth during the call ours / diffusers |",
             "|---|---|---|---|---|---|",
         ]
         for (layout, batch, steps), m in memories.items():
@@ -176,8 +190,9 @@ def chart(rows, path: Path) -> None:
             if not sel:
                 continue
             b = [r["batch"] for r in sel]
-            ax.plot(b, [r["ours_s"] / steps * 1e3 for r in sel], style, marker="o", color="tab:blue",
-                    label=f"ours GRAPH, {steps} steps")
+            choice = next(iter(sel[0]["ours"]))
+            ax.plot(b, [r["ours"][choice]["ours_s"] / steps * 1e3 for r in sel], style, marker="o", color="tab:blue",
+                    label=f"ours GRAPH ({choice}), {steps} steps")
             ax.plot(b, [r["torch_s"] / steps * 1e3 for r in sel], style, marker="s", color="tab:orange",
                     label=f"diffusers torch, {steps} steps")
         ax.set_title(f"DDIMPipeline, {layout} layout")
@@ -214,6 +229,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-steps", type=int,
                         help="steps of the peak-memory runs (default: the fewest benchmarked)")
+    parser.add_argument("--kernels", nargs="+", default=["auto"], choices=["auto", "plain", "cpu"],
+                        help="our layer implementations to time (models/cpu_kernels.py)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--chart", type=Path, help="write the time-per-step chart (PNG) here")
     args = parser.parse_args()
@@ -227,21 +244,26 @@ def main() -> None:
     print(f"load average at start: {load:.2f}", flush=True)
     rows, pyn, memories = [], [], {}
     for layout in args.layouts:
-        theirs, ours = build_torch_pipe(layout), build_our_pipe(layout)
+        theirs = build_torch_pipe(layout)
+        ours = {choice: build_our_pipe(layout, choice) for choice in args.kernels}
         for k, steps in enumerate(args.steps):
             for j, batch in enumerate(args.batches):
                 row = bench_config(layout, batch, steps, args.reps, theirs, ours, warm_up_theirs=(k == 0 and j == 0))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         if args.pynative and layout == args.layouts[0]:
-            pyn.append(bench_pynative(layout, args.batches[0], args.steps[0], ours))
+            pyn.append(bench_pynative(layout, args.batches[0], args.steps[0], ours[args.kernels[0]]))
             print(json.dumps(pyn[-1]), flush=True)
         if not args.no_memory:
             key = (layout, max(args.batches), args.memory_steps or min(args.steps))
-            memories[key] = {side: memory(side, *key) for side in ("ours", "torch")}
+            memories[key] = {"ours": memory(f"ours-{args.kernels[0]}", *key), "torch": memory("torch", *key)}
             print(json.dumps({"memory": list(key), **memories[key]}), flush=True)
-    result = dict(rows=rows, pynative=pyn, memory={"/".join(map(str, k)): v for k, v in memories.items()},
-                  load_start=load, load_end=os.getloadavg()[0])
+    header = _bench_unet().run_header(sys.argv, load, os.getloadavg()[0])
+    result = dict(header=header, rows=rows, pynative=pyn,
+                  memory={"/".join(map(str, k)): v for k, v in memories.items()})
+    print()
+    print(header)
+    print()
     print(table(rows, memories))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -13,10 +13,14 @@ resident set (``VmHWM`` from /proc/self/status; it includes the framework and th
 one forward (GRAPH_MODE for ours, so compilation is included), and the growth of that peak over
 that forward pass.
 
+Ours is built once per ``--kernels`` choice (default both: ``auto`` = the C++ CPU kernels of
+``models/cpu_kernels.py``, group norm and Winograd 3×3 convolution; ``plain`` = MindSpore's own
+ops), and every choice is timed interleaved with torch, so the table shows what they buy in the
+same run.
+
 Usage (from the repository root):
-    python benchmarks/bench_unet.py                       # both layouts, batch 1 and 8
-    python benchmarks/bench_unet.py --layouts small --batches 1 --reps 5
-    python benchmarks/bench_unet.py --write-md docs/benchmarks.md
+    python benchmarks/bench_unet.py                       # both layouts, batch 1, 4 and 8
+    python benchmarks/bench_unet.py --layouts small --batches 1 --reps 5 --pynative
 """
 from __future__ import annotations
 
@@ -25,10 +29,12 @@ import importlib.util
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +85,16 @@ def build_torch(layout: str):
     return model
 
 
-def build_ours(layout: str):
+def build_ours(layout: str, kernels: str = "auto"):
     from mindscience_diffuser.models import UNet2DModel
+    from mindscience_diffuser.models.cpu_kernels import set_cpu_kernels
     from mindscience_diffuser.models.weights import load_state_dict
 
-    model = UNet2DModel(**LAYOUTS[layout])
+    set_cpu_kernels(kernels)
+    try:
+        model = UNet2DModel(**LAYOUTS[layout])
+    finally:
+        set_cpu_kernels(None)
     model.set_train(False)
     load_state_dict(model, _generator().seeded_weights({k: p.shape for k, p in model.parameters_and_names()}))
     return model
@@ -128,14 +139,22 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_pair(layout: str, batch: int, reps: int, warmup: int = 2) -> dict:
+def interleaved(runs: dict, reps: int) -> dict:
+    """Median seconds of each callable, timed in turn (a, b, c, a, b, c, ...) so load hits all alike."""
+    times = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, run in runs.items():
+            times[name].append(timed(run))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_pair(layout: str, batch: int, reps: int, kernel_choices, pynative: bool, warmup: int = 2) -> dict:
     import mindspore as ms
     import torch
 
     torch.set_num_threads(2)
     x, t = inputs(layout, batch)
     theirs = build_torch(layout)
-    ours = build_ours(layout)
     flops = count_flops(theirs, x, t)
     xt, tt = torch.from_numpy(x), torch.from_numpy(t)
     xm, tm = ms.Tensor(x), ms.Tensor(t)
@@ -144,36 +163,36 @@ def bench_pair(layout: str, batch: int, reps: int, warmup: int = 2) -> dict:
         with torch.no_grad():
             return theirs(xt, tt).sample.numpy()
 
-    def run_ours():
-        return ours(xm, tm).asnumpy()
-
-    result = dict(layout=layout, batch=batch, gflop=flops / 1e9)
+    result = dict(layout=layout, batch=batch, gflop=flops / 1e9, ours={})
     ref = run_theirs()
-
     ms.set_context(mode=ms.GRAPH_MODE)
-    first = timed(run_ours)
-    out = run_ours()
-    result["rel_err"] = float(np.abs(out - ref).max() / np.abs(ref).max())
+    runs = {}
+    for choice in kernel_choices:
+        model = build_ours(layout, choice)
+        runs[choice] = lambda model=model: model(xm, tm).asnumpy()
+        first = timed(runs[choice])  # compiles this model's graph
+        out = runs[choice]()
+        result["ours"][choice] = dict(first_s=first, rel_err=float(np.abs(out - ref).max() / np.abs(ref).max()))
+    runs["torch"] = run_theirs
     for _ in range(warmup):
-        run_ours()
-        run_theirs()
-    graph_times, torch_times = [], []
-    for _ in range(reps):  # interleaved, so load changes hit both sides alike
-        graph_times.append(timed(run_ours))
-        torch_times.append(timed(run_theirs))
-    result["graph_s"] = statistics.median(graph_times)
-    result["torch_s"] = statistics.median(torch_times)
-    result["compile_s"] = first - result["graph_s"]
+        for run in runs.values():
+            run()
+    medians = interleaved(runs, reps)
+    result["torch_s"] = medians.pop("torch")
+    for choice, seconds in medians.items():
+        entry = result["ours"][choice]
+        entry.update(graph_s=seconds, compile_s=entry["first_s"] - seconds)
 
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    for _ in range(warmup):
-        run_ours()
-    pyn_times, torch2 = [], []
-    for _ in range(max(3, reps // 2)):
-        pyn_times.append(timed(run_ours))
-        torch2.append(timed(run_theirs))
-    result["pynative_s"] = statistics.median(pyn_times)
-    result["torch_s_pyn"] = statistics.median(torch2)
+    if pynative:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        eager = {f"pynative {c}": runs[c] for c in kernel_choices}
+        for run in eager.values():
+            run()
+        medians = interleaved(dict(eager, torch=run_theirs), max(3, reps // 2))
+        result["torch_s_pyn"] = medians.pop("torch")
+        for choice in kernel_choices:
+            result["ours"][choice]["pynative_s"] = medians[f"pynative {choice}"]
+        ms.set_context(mode=ms.GRAPH_MODE)
     return result
 
 
@@ -193,22 +212,24 @@ def _maxrss_mib() -> float:
 
 
 def memory_child(side: str, layout: str, batch: int) -> None:
-    """Runs in its own process: build one side, one warm forward, print peak RSS numbers as JSON."""
+    """Runs in its own process: build one side, one forward, print peak RSS numbers as JSON.
+
+    ``side``: ``torch``, or ``graph-CHOICE`` / ``pynative-CHOICE`` with CHOICE a ``--kernels`` value."""
     x, t = inputs(layout, batch)
     if side == "torch":
         import torch
 
         torch.set_num_threads(2)
         model = build_torch(layout)
-        run = lambda: model(torch.from_numpy(x), torch.from_numpy(t)).sample  # noqa: E731
         with torch.no_grad():
             before = _maxrss_mib()
-            run()
+            model(torch.from_numpy(x), torch.from_numpy(t))
     else:
         import mindspore as ms
 
-        ms.set_context(mode=ms.GRAPH_MODE if side == "graph" else ms.PYNATIVE_MODE)
-        model = build_ours(layout)
+        mode, choice = side.split("-")
+        ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+        model = build_ours(layout, choice)
         before = _maxrss_mib()
         model(ms.Tensor(x), ms.Tensor(t)).asnumpy()
     print(json.dumps(dict(peak_mib=_maxrss_mib(), forward_mib=_maxrss_mib() - before)))
@@ -220,25 +241,39 @@ def memory(side: str, layout: str, batch: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_header(argv, load_start: float, load_end: float) -> str:
+    """The exact command, the UTC date and the machine's load, to print next to a table."""
+    return (f"`python {shlex.join(argv)}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, load average "
+            f"{load_start:.1f} at the start and {load_end:.1f} at the end on {os.cpu_count()} cores")
+
+
 def table(rows) -> str:
-    lines = [
-        "| layout | batch | GFLOP | ours GRAPH ms | diffusers ms | ratio ours/diffusers "
-        "| ours GFLOP/s | diffusers GFLOP/s "
-        "| compile s | ours PyNative ms (ratio) | max rel diff | peak RSS MiB ours / diffusers (forward growth) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    choices = list(rows[0]["ours"])
+    has_pyn = "pynative_s" in rows[0]["ours"][choices[0]]
+    head = ["layout", "batch", "GFLOP", "diffusers ms"]
+    for c in choices:
+        head += [f"ours GRAPH ms ({c})", f"ratio ours/diffusers ({c})", f"compile s ({c})"]
+    head += ["ours GFLOP/s (first)", "diffusers GFLOP/s", "max rel diff"]
+    if has_pyn:
+        head += [f"PyNative ms ({c})" for c in choices]
+    if "mem" in rows[0]:
+        head += ["peak RSS MiB ours / diffusers (forward growth)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        mem = "n/a"
-        if "mem_graph" in r:
-            mem = (f"{r['mem_graph']['peak_mib']:.0f} / {r['mem_torch']['peak_mib']:.0f} "
-                   f"(+{r['mem_graph']['forward_mib']:.0f} / +{r['mem_torch']['forward_mib']:.0f})")
-        lines.append(
-            f"| {r['layout']} | {r['batch']} | {r['gflop']:.2f} | {r['graph_s'] * 1e3:.1f} | {r['torch_s'] * 1e3:.1f} "
-            f"| **{r['graph_s'] / r['torch_s']:.2f}** | {r['gflop'] / r['graph_s']:.1f} "
-            f"| {r['gflop'] / r['torch_s']:.1f} "
-            f"| {r['compile_s']:.1f} | {r['pynative_s'] * 1e3:.1f} ({r['pynative_s'] / r['torch_s_pyn']:.2f}) "
-            f"| {r['rel_err']:.1e} | {mem} |"
-        )
+        ours = r["ours"]
+        cells = [r["layout"], str(r["batch"]), f"{r['gflop']:.2f}", f"{r['torch_s'] * 1e3:.1f}"]
+        for c in choices:
+            cells += [f"{ours[c]['graph_s'] * 1e3:.1f}", f"**{ours[c]['graph_s'] / r['torch_s']:.2f}**",
+                      f"{ours[c]['compile_s']:.1f}"]
+        cells += [f"{r['gflop'] / ours[choices[0]]['graph_s']:.1f}", f"{r['gflop'] / r['torch_s']:.1f}",
+                  f"{max(ours[c]['rel_err'] for c in choices):.1e}"]
+        if has_pyn:
+            cells += [f"{ours[c]['pynative_s'] * 1e3:.1f}" for c in choices]
+        if "mem" in r:
+            mine, theirs = r["mem"]["ours"], r["mem"]["torch"]
+            cells.append(f"{mine['peak_mib']:.0f} / {theirs['peak_mib']:.0f} "
+                         f"(+{mine['forward_mib']:.0f} / +{theirs['forward_mib']:.0f})")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -248,26 +283,33 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layouts", nargs="*", default=list(LAYOUTS), choices=list(LAYOUTS))
-    parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 4, 8])
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--kernels", nargs="+", default=["auto", "plain"], choices=["auto", "plain", "cpu"],
+                        help="our layer implementations to time (models/cpu_kernels.py)")
+    parser.add_argument("--pynative", action="store_true", help="also time ours in PyNative")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
 
+    load_start = os.getloadavg()[0]
+    print(f"load average at start: {load_start:.1f} on {os.cpu_count()} cores", flush=True)
     rows = []
     for layout in args.layouts:
         for batch in args.batches:
-            r = bench_pair(layout, batch, args.reps)
-            if not args.no_memory:
-                r["mem_graph"] = memory("graph", layout, batch)
-                r["mem_torch"] = memory("torch", layout, batch)
+            r = bench_pair(layout, batch, args.reps, args.kernels, args.pynative)
+            if not args.no_memory:  # ours with the first --kernels choice
+                r["mem"] = dict(ours=memory(f"graph-{args.kernels[0]}", layout, batch),
+                                torch=memory("torch", layout, batch))
             rows.append(r)
             print(json.dumps(r), flush=True)
+    header = run_header(sys.argv, load_start, os.getloadavg()[0])
     print()
-    print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(header)
+    print()
     print(table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps(dict(header=header, rows=rows), indent=1))
 
 
 if __name__ == "__main__":

@@ -249,8 +249,7 @@ class UpBlock(nn.Cell):
                 **common
             )
             self.skip_conv = Conv2d(out_channels, skip_channels, 3, padding=1, dtype=dtype)
-            self.skip_norm = GroupNorm(q, out_channels, eps, dtype=dtype, name="skip_norm")
-            self.act = nn.SiLU()
+            self.skip_norm = GroupNorm(q, out_channels, eps, dtype=dtype, name="skip_norm", act_fn="silu")
         elif upsample is not None:
             raise ValueError(f"upsample must be one of [None, 'conv', 'resnet', 'fir_skip'], got {upsample!r}")
         if skip_style:
@@ -273,7 +272,7 @@ class UpBlock(nn.Cell):
             if self.receives_skip:
                 skip_sample = self.fir_up(skip_sample)
             if self.upsample == "fir_skip":
-                states = self.skip_conv(self.act(self.skip_norm(hidden)))
+                states = self.skip_conv(self.skip_norm(hidden))  # SiLU fused into skip_norm
                 skip_sample = skip_sample + states if self.receives_skip else states
                 hidden = self.resnet_up(hidden, temb)
         elif self.upsample == "conv":

@@ -48,13 +48,16 @@ class ResnetBlock2D(nn.Cell):
         self.time_embedding_norm = time_embedding_norm
         self.output_scale_factor = float(output_scale_factor)
 
-        self.norm1 = GroupNorm(groups, in_channels, eps, dtype=dtype, name="resnet norm1")
+        # act(norm(.)) pairs are one GroupNorm with act_fn, so the CPU kernel can fuse them; with
+        # scale_shift the activation comes after the time modulation, outside norm2.
+        self.norm1 = GroupNorm(groups, in_channels, eps, dtype=dtype, name="resnet norm1", act_fn=non_linearity)
         self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, dtype=dtype)
         self.has_temb = temb_channels is not None
         if self.has_temb:
             proj_channels = 2 * out_channels if time_embedding_norm == "scale_shift" else out_channels
             self.time_emb_proj = Linear(temb_channels, proj_channels, dtype=dtype)
-        self.norm2 = GroupNorm(groups_out, out_channels, eps, dtype=dtype, name="resnet norm2")
+        norm2_act = None if self.has_temb and time_embedding_norm == "scale_shift" else non_linearity
+        self.norm2 = GroupNorm(groups_out, out_channels, eps, dtype=dtype, name="resnet norm2", act_fn=norm2_act)
         self.dropout = nn.Dropout(p=dropout)
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, dtype=dtype)
         self.nonlinearity = get_activation(non_linearity)
@@ -84,7 +87,7 @@ class ResnetBlock2D(nn.Cell):
         return self.fir(x)
 
     def construct(self, input_tensor: Tensor, temb: Optional[Tensor] = None) -> Tensor:
-        h = self.nonlinearity(self.norm1(input_tensor))
+        h = self.norm1(input_tensor)  # act(N₁ x)
         h = self._resample(h)
         x = self._resample(input_tensor)
         h = self.conv1(h)
@@ -94,13 +97,13 @@ class ResnetBlock2D(nn.Cell):
             t = t.reshape(t.shape[0], t.shape[1], 1, 1)
             if self.time_embedding_norm == "scale_shift":
                 scale, shift = ops.chunk(t, 2, axis=1)
-                h = self.norm2(h) * (1 + scale) + shift
+                h = self.nonlinearity(self.norm2(h) * (1 + scale) + shift)
             else:
-                h = self.norm2(h + t)
+                h = self.norm2(h + t)  # act(N₂(h + t))
         else:
-            h = self.norm2(h)
+            h = self.norm2(h)  # act(N₂ h)
 
-        h = self.conv2(self.dropout(self.nonlinearity(h)))
+        h = self.conv2(self.dropout(h))
         if self.use_in_shortcut:
             x = self.conv_shortcut(x)
         out = x + h

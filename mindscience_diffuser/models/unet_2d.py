@@ -207,8 +207,8 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
         self.has_skip_output = skip_present
 
         groups_out = norm_num_groups if norm_num_groups is not None else quarter_groups(c0)
-        self.conv_norm_out = GroupNorm(groups_out, c0, norm_eps, dtype=dtype, name="conv_norm_out")
-        self.conv_act = nn.SiLU()
+        # SiLU(conv_norm_out(.)) as one GroupNorm, so the CPU kernel fuses it (diffusers' conv_act).
+        self.conv_norm_out = GroupNorm(groups_out, c0, norm_eps, dtype=dtype, name="conv_norm_out", act_fn="silu")
         self.conv_out = Conv2d(c0, out_channels, 3, padding=1, dtype=dtype)
 
     @staticmethod
@@ -326,7 +326,7 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
             states = states[:-n]
             sample, skip_sample = block(sample, res, emb, skip_sample)
 
-        sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        sample = self.conv_out(self.conv_norm_out(sample))
         if self.has_skip_output:
             sample = sample + skip_sample
         if self.time_embedding_type == "fourier":
