@@ -7,6 +7,7 @@ from .datasets import (
     SyntheticFieldDataset,
     as_dataset,
     load_fields,
+    load_paired_npz,
 )
 from .evaluation import (
     evaluate,
@@ -17,15 +18,21 @@ from .evaluation import (
     wasserstein1,
 )
 from .fields import darcy_permeability, gaussian_random_field, generate_fields, power_law_spectrum
-from .losses import OBJECTIVE_TO_PREDICTION_TYPE, mindscience_loss, mindscience_target, p2_loss_weights
+from .losses import (
+    OBJECTIVE_TO_PREDICTION_TYPE,
+    MindScienceTrainer,
+    mindscience_loss,
+    mindscience_target,
+    p2_loss_weights,
+)
 from .recipes import dataset_from_spec, generate_samples, small_unet_config
 from .trainer import DiffusionLoss, DiffusionTrainer, TrainerConfig, latest_checkpoint, learning_rate_at, snr_weights
 
 __all__ = [
     "DiffusionTrainer", "TrainerConfig", "DiffusionLoss", "snr_weights", "learning_rate_at", "latest_checkpoint",
     "FieldDataset", "ArrayDataset", "ImageFolderDataset", "SyntheticFieldDataset", "BatchOrder", "as_dataset",
-    "load_fields", "dataset_from_spec", "generate_samples", "small_unet_config",
+    "load_fields", "load_paired_npz", "dataset_from_spec", "generate_samples", "small_unet_config",
     "gaussian_random_field", "darcy_permeability", "generate_fields", "power_law_spectrum",
-    "mindscience_loss", "mindscience_target", "p2_loss_weights", "OBJECTIVE_TO_PREDICTION_TYPE",
+    "MindScienceTrainer", "mindscience_loss", "mindscience_target", "p2_loss_weights", "OBJECTIVE_TO_PREDICTION_TYPE",
     "evaluate", "plot_spectra", "radial_power_spectrum", "spectrum_relative_error", "wasserstein1", "histogram_l1",
 ]
