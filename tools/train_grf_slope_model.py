@@ -44,12 +44,13 @@ from mindscience_diffuser.models import UNet2DModel  # noqa: E402
 from mindscience_diffuser.training import (  # noqa: E402
     DiffusionTrainer,
     SyntheticFieldDataset,
+    fit_power_law_exponent,
     gaussian_random_field,
     latest_checkpoint,
+    power_law_grf_spectrum,
     radial_power_spectrum,
     small_unet_config,
 )
-from mindscience_diffuser.training.fields import power_law_spectrum, wavenumber_grid  # noqa: E402
 
 PACKAGE_MODEL = ROOT / "mindscience_diffuser" / "grf_slope_model"
 DOCS = ROOT / "docs"
@@ -117,16 +118,8 @@ def cmd_export(args, trainer: DiffusionTrainer = None) -> None:
 # ---- evaluation ----------------------------------------------------------------------------
 
 def exact_spectrum(alpha: float) -> np.ndarray:
-    """E[P̂(k)] of the training fields at slope α, shell by shell as radial_power_spectrum bins it.
-
-    The generator scales f = IFFT(sqrt(P)·FFT(w)) by c = std/σ_α, so E|FFT f(k)|²/(H·W) = c²·P(k)
-    exactly; the field whose FFT is sqrt(c²·P·H·W) has that periodogram, and
-    radial_power_spectrum of it is the shell average of the exact spectrum.
-    """
-    power = power_law_spectrum(alpha)(wavenumber_grid(SIZE))
-    scale2 = (STD / (np.sqrt(power.sum()) / SIZE)) ** 2
-    field = np.fft.ifft2(np.sqrt(scale2 * power * SIZE * SIZE)).real
-    return radial_power_spectrum(field[None, None])[1]
+    """E[P̂(k)] of the training fields at slope α (no sampling error)."""
+    return power_law_grf_spectrum(alpha, SIZE, STD)
 
 
 def regression_slope(spectrum: np.ndarray) -> float:
@@ -138,19 +131,9 @@ def regression_slope(spectrum: np.ndarray) -> float:
     return float(-np.polyfit(np.log(k[keep]), np.log(spectrum[keep]), 1)[0])
 
 
-_SLOPE_GRID = np.round(np.arange(0.5, 5.0 + 1e-9, 0.001), 3)
-_LOG_EXACT = None
-
-
 def fitted_slope(spectrum: np.ndarray) -> float:
-    """The slope α̂ whose exact spectrum, shell-averaged as measured, best fits ``spectrum`` in
-    log space with a free amplitude: argmin_α Var_k(log P(k) − log E_α[P̂(k)]), on a 0.001 grid in
-    [0.5, 5]. Unbiased by the grid: the exact spectrum of α fits as α."""
-    global _LOG_EXACT
-    if _LOG_EXACT is None:
-        _LOG_EXACT = np.log(np.stack([exact_spectrum(a) for a in _SLOPE_GRID]))
-    residual = np.log(spectrum)[None] - _LOG_EXACT
-    return float(_SLOPE_GRID[np.argmin(residual.var(axis=1))])
+    """The α whose exact shell-averaged spectrum best fits ``spectrum`` (free amplitude; unbiased)."""
+    return fit_power_law_exponent(spectrum, std=STD)
 
 
 def relative_error(spectrum: np.ndarray, reference: np.ndarray) -> float:

@@ -11,8 +11,10 @@ from .datasets import (
 )
 from .evaluation import (
     evaluate,
+    fit_power_law_exponent,
     histogram_l1,
     plot_spectra,
+    power_law_grf_spectrum,
     radial_power_spectrum,
     spectrum_relative_error,
     wasserstein1,
@@ -35,4 +37,5 @@ __all__ = [
     "gaussian_random_field", "darcy_permeability", "generate_fields", "power_law_spectrum",
     "MindScienceTrainer", "mindscience_loss", "mindscience_target", "p2_loss_weights", "OBJECTIVE_TO_PREDICTION_TYPE",
     "evaluate", "plot_spectra", "radial_power_spectrum", "spectrum_relative_error", "wasserstein1", "histogram_l1",
+    "power_law_grf_spectrum", "fit_power_law_exponent",
 ]
