@@ -2,7 +2,8 @@
 from pathlib import Path as _Path
 
 from .configuration import ConfigMixin, FrozenConfig, register_to_config
-from .models import ConditionDiffusionTransformer, DiffusionTransformer, UNet2DModel
+from .models import ConditionDiffusionTransformer, DiffusionTransformer, GaussianFieldDenoiser, UNet2DModel
+from .observations import BlockAverage, CellOperator, MaskOperator, MatrixOperator, Observation
 from .outputs import (
     CMStochasticIterativeSchedulerOutput,
     ImagePipelineOutput,

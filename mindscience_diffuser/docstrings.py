@@ -181,10 +181,15 @@ ARGUMENTS: Dict[str, str] = {
     ),
     "add_attention": "include self-attention in the mid block.",
     "class_embed_type": (
-        "class conditioning: ``None`` (a lookup table when ``num_class_embeds`` is set), ``\"timestep\"`` or "
-        "``\"identity\"``."
+        "class conditioning: ``None`` (a lookup table when ``num_class_embeds`` is set), ``\"timestep\"`` (a "
+        "float label, embedded like a timestep), ``\"identity\"`` (a (B, time_embed_dim) vector added as is) or "
+        "``\"projection\"`` (a vector through a two-layer MLP, as diffusers' UNet2DConditionModel)."
     ),
     "num_class_embeds": "number of classes of the class-label lookup table; ``None``: no class conditioning.",
+    "projection_class_embeddings_input_dim": (
+        "size of the condition vector of ``class_embed_type=\"projection\"`` (required for it, unused otherwise; "
+        "written to ``config.json`` only when set)."
+    ),
     # --- DiffusionTransformer / ConditionDiffusionTransformer (MindScience)
     "hidden_channels": "width H of the transformer; must be divisible by ``heads``.",
     "layers": "number of transformer blocks.",
@@ -195,6 +200,11 @@ ARGUMENTS: Dict[str, str] = {
     # --- pipelines
     "unet": "the denoising model, e.g. a :class:`UNet2DModel`, called as ``unet(sample, timestep)``.",
     "scheduler": "the scheduler whose ``step`` drives the sampling loop.",
+    "field_condition": "concatenate the condition to the sample's channels before the model call (a field condition).",
+    "guided": (
+        "classifier-free guidance: the model sees the batch with the condition and with the null condition in one "
+        "call, and the two predictions are combined with ``guidance_scale``."
+    ),
     # --- output dataclasses
     "prev_sample": "the sample at the previous (less noisy) timestep, x_{t−1}; the input of the next step.",
     "pred_original_sample": "the model's estimate of the clean sample x̂0 at this step (``None`` if not computed).",

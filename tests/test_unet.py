@@ -113,7 +113,7 @@ def test_golden_cases_cover_the_issue_layouts():
     }
     assert {c["time_embedding_type"] for c in configs} == {"positional", "fourier", "learned"}
     assert {c["resnet_time_scale_shift"] for c in configs} == {"default", "scale_shift"}
-    assert {c["class_embed_type"] for c in configs} == {None, "timestep", "identity"}
+    assert {c["class_embed_type"] for c in configs} == {None, "timestep", "identity", "projection"}
     assert any(c["num_class_embeds"] for c in configs)
     assert any(c["in_channels"] == 1 for c in configs)
     assert any(isinstance(c["sample_size"], list) and c["sample_size"][0] != c["sample_size"][1] for c in configs)

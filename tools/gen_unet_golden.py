@@ -115,6 +115,17 @@ CASES = {
         ),
         batch=2, size=(8, 16), timesteps=[1, 600], class_labels="identity",
     ),
+    # class_embed_type="projection" (UNet2DConditionModel's vector conditioning, this package's
+    # extension of UNet2DModel): diffusers' UNet2DModel with that TimestepEmbedding attached as
+    # its class embedding, which its forward applies to the vector as is.
+    "projection": dict(
+        config=dict(
+            sample_size=8, in_channels=2, out_channels=1, block_out_channels=[8, 16],
+            down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+            layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
+        ),
+        batch=2, size=(8, 8), timesteps=[7, 700], class_labels="projection", projection_dim=3,
+    ),
     # No mid block at all (mid_block_type=None), "swish" activation, 2 heads of 6.
     "no_mid": dict(
         config=dict(
@@ -162,6 +173,8 @@ def make_inputs(case: dict, in_channels: int, time_embed_dim: int, seed: int = S
         io["class_labels"] = rng.integers(0, case["num_classes"], size=b).astype(np.int64)
     elif kind == "identity":
         io["class_labels"] = rng.standard_normal((b, time_embed_dim)).astype(np.float32)
+    elif kind == "projection":
+        io["class_labels"] = rng.standard_normal((b, case["projection_dim"])).astype(np.float32)
     return io
 
 
@@ -180,6 +193,11 @@ def build_case(name: str, case: dict) -> None:
 
     config = case["config"]
     model = TorchUNet2DModel(**config).eval()
+    time_embed_dim = config.get("time_embedding_dim") or config["block_out_channels"][0] * 4
+    if "projection_dim" in case:
+        from diffusers.models.embeddings import TimestepEmbedding
+
+        model.class_embedding = TimestepEmbedding(case["projection_dim"], time_embed_dim)
     state = model.state_dict()
     weights = seeded_weights({k: v.shape for k, v in state.items()})
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
@@ -200,8 +218,12 @@ def build_case(name: str, case: dict) -> None:
             model.save_pretrained(out_dir, safe_serialization=True)
     else:
         model.save_config(out_dir)
+    if "projection_dim" in case:
+        # diffusers' config has no key for the attached projection: record it as this package does.
+        stored = json.loads((out_dir / "config.json").read_text())
+        stored.update(class_embed_type="projection", projection_class_embeddings_input_dim=case["projection_dim"])
+        (out_dir / "config.json").write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
 
-    time_embed_dim = config.get("time_embedding_dim") or config["block_out_channels"][0] * 4
     io = make_inputs(case, config.get("in_channels", 3), time_embed_dim)
     io["out"] = torch_forward(model, io)
     if "scalar_timestep" in case:
@@ -287,7 +309,8 @@ def main() -> None:
     total = sum(p.stat().st_size for p in GOLDEN.rglob("*") if p.is_file())
     print(f"tests/golden/unet: {total / 1024 / 1024:.2f} MiB")
     if not args.no_roundtrip:
-        for name in names:
+        # diffusers' UNet2DModel has no vector projection to load a projection case into.
+        for name in (n for n in names if "projection_dim" not in CASES[n]):
             print(f"diffusers loads our save_pretrained of {name}: max|diff|/max|ref| = "
                   f"{roundtrip_through_ours(name, CASES[name]):.2e}")
 

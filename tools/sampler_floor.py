@@ -28,7 +28,7 @@ import train_default_model as recipe  # noqa: E402
 
 from mindscience_diffuser import DDIMScheduler, DPMSolverMultistepScheduler  # noqa: E402
 from mindscience_diffuser.training import evaluate  # noqa: E402
-from mindscience_diffuser.training.fields import power_law_spectrum, wavenumber_grid  # noqa: E402
+from mindscience_diffuser.training.fields import grf_mode_variance  # noqa: E402
 
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample")
 SAMPLERS = {
@@ -44,9 +44,7 @@ SAMPLERS = {
 
 def mode_variance() -> np.ndarray:
     """S(k) on the FFT grid, in units of the unit white noise ε (the generator's normalisation)."""
-    size, fields = recipe.FIELDS["size"], recipe.FIELDS
-    power = power_law_spectrum(fields["spectrum"])(wavenumber_grid(size))
-    return power * fields["std"] ** 2 / (power.sum() / size ** 2)
+    return grf_mode_variance(recipe.FIELDS["size"], recipe.FIELDS["spectrum"], recipe.FIELDS["std"])
 
 
 def posterior_mean(x_t: np.ndarray, alpha_bar: float, signal: np.ndarray) -> np.ndarray:

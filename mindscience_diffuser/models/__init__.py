@@ -1,4 +1,5 @@
-"""Models: ``UNet2DModel`` and the blocks it is built from; MindScience's sequence transformers."""
+"""Models: ``UNet2DModel`` and the blocks it is built from; MindScience's sequence transformers;
+the exact denoiser of Gaussian random fields."""
 from .blocks import (
     AttnDownBlock2D,
     AttnDownEncoderBlock2D,
@@ -14,12 +15,14 @@ from .blocks import (
     UpBlock2D,
 )
 from .diffusion_transformer import ConditionDiffusionTransformer, DiffusionTransformer
+from .gaussian_field_denoiser import GaussianFieldDenoiser
 from .unet_2d import UNet2DModel
 
 __all__ = [
     "UNet2DModel",
     "DiffusionTransformer",
     "ConditionDiffusionTransformer",
+    "GaussianFieldDenoiser",
     "UNetMidBlock2D",
     "DownBlock2D",
     "AttnDownBlock2D",

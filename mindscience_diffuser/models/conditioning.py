@@ -68,9 +68,14 @@ UNCONDITIONAL = ConditionSpec()
 
 
 def condition_spec(model) -> ConditionSpec:
-    """The model's :class:`ConditionSpec` (its ``condition_spec()``), or an open spec for a Cell without one."""
+    """The model's :class:`ConditionSpec` (its ``condition_spec()``), or for a Cell without one an
+    open spec (with the label count of a ``num_class_embeds`` in its config, if any)."""
     method = getattr(model, "condition_spec", None)
-    return method() if callable(method) else ConditionSpec(open=True)
+    if callable(method):
+        return method()
+    config = getattr(model, "config", None)
+    classes = config.get("num_class_embeds") if hasattr(config, "get") else None
+    return ConditionSpec(num_classes=classes, open=True)
 
 
 def call_denoiser(model, field_condition: bool, sample: Tensor, timestep: Tensor, condition: Optional[Tensor],
@@ -169,23 +174,24 @@ def prepare_class_labels(spec: ConditionSpec, class_labels, batch: int) -> Optio
     return Tensor(labels.astype(np.int32), ms.int32)
 
 
-def null_condition_value(spec: ConditionSpec, null, batch: int, sample_shape: Tuple[int, ...]):
-    """The null condition for a batch: ``(condition, class_labels)`` host arrays for the
-    unconditional half of classifier-free guidance, from ``null`` (an int label, ``"zeros"``
-    or a per-sample array)."""
-    if spec.takes_labels and not spec.takes_condition:
+def null_condition_for(null, condition: Optional[Tensor], class_labels: Optional[Tensor]):
+    """The unconditional half of classifier-free guidance: ``(condition, class_labels)`` like the
+    given ones, with the condition replaced by ``null`` (``"zeros"`` or a per-sample array) or,
+    for a model conditioned on labels only, the labels by ``null`` (an int label)."""
+    if condition is None:
         if isinstance(null, bool) or not isinstance(null, (int, np.integer)):
-            raise ValueError(f"the null condition of a class-conditional model is an int class label, got {null!r}")
-        return None, np.full((batch,), int(null), np.int32)
-    per_sample = (spec.vector,) if spec.vector is not None else (spec.field,) + tuple(sample_shape[2:])
-    if isinstance(null, str):
-        if null != "zeros":
-            raise ValueError(f"null_condition must be 'zeros', an int label or an array, got {null!r}")
-        return np.zeros((batch,) + per_sample, np.float32), None
+            raise ValueError(f"the null condition of a model conditioned on labels is an int label, got {null!r}")
+        return None, ops.full_like(class_labels, int(null))
+    if isinstance(null, (int, np.integer)):
+        raise ValueError(f"the null condition of a model conditioned on {tuple(condition.shape[1:])}-shaped "
+                         f"conditions is 'zeros' or an array of that shape, got the label {null!r}")
+    if null == "zeros":
+        return ops.zeros_like(condition), class_labels
     array = np.asarray(null, np.float32)
-    if array.shape != per_sample:
-        raise ValueError(f"null_condition must have the per-sample condition shape {per_sample}, got {array.shape}")
-    return np.broadcast_to(array, (batch,) + per_sample).copy(), None
+    if array.shape != tuple(condition.shape[1:]):
+        raise ValueError(f"null_condition must have the per-sample condition shape {tuple(condition.shape[1:])}, "
+                         f"got {array.shape}")
+    return Tensor(np.broadcast_to(array, tuple(condition.shape)).copy(), condition.dtype), class_labels
 
 
 def check_null_condition(value):

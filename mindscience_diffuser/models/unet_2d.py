@@ -353,6 +353,14 @@ class UNet2DModel(PretrainedWeightsMixin, nn.Cell, ConfigMixin):
             return UNet2DOutput(sample=out)
         return (out,)
 
+    def _config_with_metadata(self):
+        data = super()._config_with_metadata()
+        # diffusers' UNet2DModel has no vector projection: its size is written only when used,
+        # so a plain UNet's config.json stays diffusers' own.
+        if data.get("projection_class_embeddings_input_dim") is None:
+            data.pop("projection_class_embeddings_input_dim", None)
+        return data
+
     def condition_spec(self) -> ConditionSpec:
         """What this UNet is conditioned on (see :mod:`.conditioning`): integer labels
         (``num_class_embeds``), float labels (``class_embed_type="timestep"``), a vector

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
@@ -36,8 +35,11 @@ class ConsistencyModelPipeline(DiffusionPipeline):
         timesteps: Optional[Sequence[int]] = None,
         generator: GeneratorLike = None,
         latents=None,
-        output_type: str = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
+        condition=None,
+        guidance_scale: float = 1.0,
+        sample_shape=None,
     ):
         """Generate ``batch_size`` images. ``timesteps`` (descending training-step indices)
         replaces ``num_inference_steps``; other arguments as :meth:`DDIMPipeline.__call__`."""
@@ -46,28 +48,11 @@ class ConsistencyModelPipeline(DiffusionPipeline):
         return self._sample(
             batch_size, generator, num_inference_steps, latents, output_type, return_dict,
             schedule_options={"timesteps": timesteps} if timesteps is not None else None,
-            class_labels=class_labels,
+            class_labels=class_labels, condition=condition, guidance_scale=guidance_scale, sample_shape=sample_shape,
         )
 
-    def _class_labels(self, class_labels, batch_size: int, rng: np.random.Generator) -> Optional[Tensor]:
-        num_classes = self.unet.config.num_class_embeds
-        if num_classes is None:
-            if class_labels is not None:
-                raise ValueError("class_labels given, but the UNet is not class-conditional (num_class_embeds is "
-                                 "None)")
-            return None
-        if class_labels is None:
-            return Tensor(rng.integers(0, num_classes, size=batch_size).astype(np.int32))
-        if isinstance(class_labels, Tensor):
-            class_labels = class_labels.asnumpy()
-        if isinstance(class_labels, (int, np.integer)) and not isinstance(class_labels, bool):
-            if batch_size != 1:
-                raise ValueError(f"a single int class label needs batch_size 1, got batch_size {batch_size}; pass a "
-                                 f"list of {batch_size} labels")
-            class_labels = [class_labels]
-        labels = np.asarray(class_labels)
-        if labels.shape != (batch_size,) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"class_labels must be {batch_size} ints (one per image), got {class_labels!r}")
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"class_labels must lie in [0, {num_classes - 1}], got {labels.tolist()}")
-        return Tensor(labels.astype(np.int32), ms.int32)
+    def _class_labels(self, spec, class_labels, batch_size: int, rng) -> Optional[Tensor]:
+        """As diffusers: labels missing for a class-conditional UNet are drawn from the generator."""
+        if class_labels is None and spec.num_classes is not None and rng is not None:
+            return Tensor(rng.integers(0, spec.num_classes, size=batch_size).astype(np.int32))
+        return super()._class_labels(spec, class_labels, batch_size, rng)

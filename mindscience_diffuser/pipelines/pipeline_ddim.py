@@ -1,4 +1,4 @@
-"""``DDIMPipeline``: unconditional image generation with DDIM (Song et al. 2021)."""
+"""``DDIMPipeline``: generation with DDIM (Song et al. 2021)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -42,9 +42,13 @@ class DDIMPipeline(DiffusionPipeline):
         eta: float = 0.0,
         num_inference_steps: int = 50,
         use_clipped_model_output: Optional[bool] = None,
-        output_type: str = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
         latents=None,
+        condition=None,
+        class_labels=None,
+        guidance_scale: float = 1.0,
+        sample_shape=None,
     ):
         """Generate ``batch_size`` images in ``num_inference_steps`` DDIM steps.
 
@@ -55,16 +59,31 @@ class DDIMPipeline(DiffusionPipeline):
             eta: η of DDIM (0: deterministic DDIM, 1: DDPM-like), in [0, 1].
             num_inference_steps: number of denoising steps.
             use_clipped_model_output: recompute ε from the clipped x̂0 (see ``DDIMScheduler.step``).
-            output_type: ``"pil"`` (list of PIL images), ``"np"`` ((B, H, W, C) float32 in
-                [0, 1]), ``"ms"`` ((B, C, H, W) Tensor in [0, 1]), ``"latent"`` (the
-                (B, C, H, W) sample in model space, unclipped) or ``"field"`` (that sample in
-                the training data's units: see ``data_normalization``).
+            output_type: ``None`` (the default: ``"pil"`` for (B, C, H, W) samples of 1, 3 or
+                4 channels, as diffusers, ``"latent"`` for any other shape), ``"pil"`` (list of
+                PIL images), ``"np"`` ((B, H, W, C) float32 in [0, 1]), ``"ms"`` ((B, C, H, W)
+                Tensor in [0, 1]), ``"latent"`` (the sample in model space, unclipped) or
+                ``"field"`` (that sample in the training data's units: see ``data_normalization``).
             return_dict: return :class:`ImagePipelineOutput` (True) or the tuple ``(images,)``.
-            latents: the starting noise, (batch_size, in_channels, H, W) Tensor or numpy array.
+            latents: the starting noise, a Tensor or numpy array of shape (batch_size, *sample shape).
+            condition: what a conditional model is conditioned on: a vector (batch_size, d) (or
+                (d,) for every sample) for vector-conditioned models (UNet
+                ``class_embed_type="projection"``/``"identity"``, ``ConditionDiffusionTransformer``),
+                or a field (batch_size, c, H, W) concatenated to the sample's channels for a UNet
+                with ``in_channels`` = sample channels + c (super-resolution, downscaling).
+            class_labels: one label per sample for class-conditional UNets (``num_class_embeds``;
+                an int alone for batch_size 1).
+            guidance_scale: classifier-free guidance weight w (Ho & Salimans 2022):
+                ε(x, ∅) + w·(ε(x, c) − ε(x, ∅)), both in one batched model call per step; 1 (the
+                default) is the conditional model itself, 0 the unconditional one. Needs
+                ``pipe.null_condition``, the "no condition" the model learned in training.
+            sample_shape: one sample's shape, e.g. (C, H, W) or (L, C), for a model whose config does
+                not give it; samples may have rank 2 to 5.
         """
         is_ddim = isinstance(self.scheduler, DDIMScheduler)
         return self._sample(
             batch_size, generator, num_inference_steps, latents, output_type, return_dict,
             loop_options={"use_clipped_model_output": bool(use_clipped_model_output)} if is_ddim else {},
             schedule_options={"eta": eta} if is_ddim else {},
+            condition=condition, class_labels=class_labels, guidance_scale=guidance_scale, sample_shape=sample_shape,
         )

@@ -1,5 +1,7 @@
-"""``DDPMPipeline``: unconditional image generation with DDPM ancestral sampling (Ho et al. 2020)."""
+"""``DDPMPipeline``: image (and any-shape sample) generation with DDPM ancestral sampling (Ho et al. 2020)."""
 from __future__ import annotations
+
+from typing import Optional
 
 from ..utils import GeneratorLike
 from .pipeline_utils import VP_DESCRIPTION, VP_SCHEDULERS, DiffusionPipeline
@@ -25,10 +27,16 @@ class DDPMPipeline(DiffusionPipeline):
         batch_size: int = 1,
         generator: GeneratorLike = None,
         num_inference_steps: int = 1000,
-        output_type: str = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
         latents=None,
+        condition=None,
+        class_labels=None,
+        guidance_scale: float = 1.0,
+        sample_shape=None,
     ):
         """Generate ``batch_size`` images in ``num_inference_steps`` steps; arguments as
         :meth:`DDIMPipeline.__call__`."""
-        return self._sample(batch_size, generator, num_inference_steps, latents, output_type, return_dict)
+        return self._sample(batch_size, generator, num_inference_steps, latents, output_type, return_dict,
+                            condition=condition, class_labels=class_labels, guidance_scale=guidance_scale,
+                            sample_shape=sample_shape)

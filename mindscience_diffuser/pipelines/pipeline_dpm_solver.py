@@ -1,10 +1,12 @@
 """``DPMSolverPipeline``: DPM-Solver sampling, and inversion of images back to their latents."""
 from __future__ import annotations
 
-import mindspore as ms
+from typing import Optional
+
 import numpy as np
 from mindspore import Tensor
 
+from ..models.conditioning import condition_spec
 from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
 from ..schedulers.dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
 from ..utils import GeneratorLike, check_positive
@@ -46,42 +48,40 @@ class DPMSolverPipeline(DiffusionPipeline):
         generator: GeneratorLike = None,
         num_inference_steps: int = 20,
         latents=None,
-        output_type: str = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
+        condition=None,
+        class_labels=None,
+        guidance_scale: float = 1.0,
+        sample_shape=None,
     ):
         """Generate ``batch_size`` images in ``num_inference_steps`` DPM-Solver steps, from
         ``latents`` (e.g. the output of :meth:`invert`) or from noise drawn from ``generator``;
         other arguments as :meth:`DDIMPipeline.__call__`."""
-        return self._sample(batch_size, generator, num_inference_steps, latents, output_type, return_dict)
+        return self._sample(batch_size, generator, num_inference_steps, latents, output_type, return_dict,
+                            condition=condition, class_labels=class_labels, guidance_scale=guidance_scale,
+                            sample_shape=sample_shape)
 
-    def invert(self, images_or_samples, num_inference_steps: int = 20) -> Tensor:
-        """The latents (B, C, H, W) that sampling with ``num_inference_steps`` steps maps back
-        to ``images_or_samples``.
+    def invert(self, images_or_samples, num_inference_steps: int = 20, condition=None, class_labels=None) -> Tensor:
+        """The latents that sampling with ``num_inference_steps`` steps (and the same
+        ``condition`` / ``class_labels``) maps back to ``images_or_samples``.
 
         ``images_or_samples``: images as this pipeline outputs them (a list of PIL images or a
-        (B, H, W, C) numpy array in [0, 1]), or model-space samples (a (B, C, H, W) MindSpore
-        Tensor, in [-1, 1] for image models).
+        (B, H, W, C) numpy array in [0, 1]), or model-space samples (a MindSpore Tensor of any
+        rank the model takes, e.g. (B, C, H, W) in [-1, 1] for image models).
         """
         check_positive("num_inference_steps", num_inference_steps, integer=True)
         samples = images_to_samples(images_or_samples)
         expected = self._sample_shape(samples.shape[0], samples)
         if tuple(samples.shape) != expected:
-            raise ValueError(f"images_or_samples must have shape {expected} as samples (B, C, H, W), got "
-                             f"{tuple(samples.shape)}")
+            raise ValueError(f"images_or_samples must have shape {expected} as samples, got {tuple(samples.shape)}")
         inverse = self.inverse_scheduler
+        cond, labels, _ = self._conditioning(condition_spec(self.unet), condition, class_labels, None, expected,
+                                             inverse.compute_dtype, None)
         loop = self.sampling_loop(inverse)
         timesteps, knobs, _ = loop.schedule(num_inference_steps)
         noise = Tensor(np.zeros((1,) + expected, np.float32), inverse.compute_dtype)
-        bar = None
-        if ms.get_context("mode") != ms.GRAPH_MODE and not self.use_jit:
-            bar = self.progress_bar(total=len(timesteps))
-        try:
-            latents, _ = loop.run(samples.astype(inverse.compute_dtype), timesteps, knobs, noise, progress_bar=bar,
-                                  use_jit=self.use_jit)
-        finally:
-            if bar is not None:
-                bar.close()
-        return latents
+        return self._run_loop(loop, samples.astype(inverse.compute_dtype), timesteps, knobs, noise, cond, labels)
 
 
 def convert_inverse(scheduler: DPMSolverMultistepScheduler) -> DPMSolverMultistepInverseScheduler:

@@ -1,6 +1,8 @@
 """``ScoreSdeVePipeline``: predictor-corrector sampling of the variance-exploding SDE (Song et al. 2021)."""
 from __future__ import annotations
 
+from typing import Optional
+
 from ..schedulers.score_sde_ve import ScoreSdeVeScheduler
 from ..utils import GeneratorLike
 from .pipeline_utils import DiffusionPipeline
@@ -28,10 +30,16 @@ class ScoreSdeVePipeline(DiffusionPipeline):
         batch_size: int = 1,
         num_inference_steps: int = 2000,
         generator: GeneratorLike = None,
-        output_type: str = "pil",
+        output_type: Optional[str] = None,
         return_dict: bool = True,
         latents=None,
+        condition=None,
+        class_labels=None,
+        guidance_scale: float = 1.0,
+        sample_shape=None,
     ):
         """Generate ``batch_size`` images with ``num_inference_steps`` predictor steps (each
         preceded by ``correct_steps`` corrector steps); other arguments as :meth:`DDIMPipeline.__call__`."""
-        return self._sample(batch_size, generator, num_inference_steps, latents, output_type, return_dict)
+        return self._sample(batch_size, generator, num_inference_steps, latents, output_type, return_dict,
+                            condition=condition, class_labels=class_labels, guidance_scale=guidance_scale,
+                            sample_shape=sample_shape)

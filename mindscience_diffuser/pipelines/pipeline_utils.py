@@ -23,9 +23,17 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor
+from mindspore import Tensor, ops
 
 from ..configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig, _read_json, write_json_atomically
+from ..models.conditioning import (
+    ConditionSpec,
+    check_null_condition,
+    condition_spec,
+    null_condition_for,
+    prepare_class_labels,
+    prepare_condition,
+)
 from ..normalization import MODEL_INDEX_KEY, DataNormalization
 from ..outputs import ImagePipelineOutput
 from ..schedulers.base import VPSchedulerBase
@@ -34,6 +42,8 @@ from ..utils import GeneratorLike, as_numpy_generator, check_choice, check_posit
 from .sampling_loop import SamplingLoop, loop_constants_for
 
 OUTPUT_TYPES = ("pil", "np", "ms", "latent", "field")
+#: output types that are images: they need (B, C, H, W) samples
+IMAGE_OUTPUT_TYPES = ("pil", "np", "ms")
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
@@ -75,10 +85,12 @@ def to_images(sample: Tensor, output_type: str, scale_from_signed: bool = True):
 
 def images_to_samples(images) -> Tensor:
     """Images back to model space: a list of PIL images or a (B, H, W, C) / (H, W, C) numpy array
-    in [0, 1] -> (B, C, H, W) in [-1, 1]; a MindSpore Tensor is taken as samples (B, C, H, W) as is."""
+    in [0, 1] -> (B, C, H, W) in [-1, 1]; a MindSpore Tensor is taken as samples as is (any rank
+    from 2 to 5: (B, C, H, W) images, (B, L, C) sequences, ...)."""
     if isinstance(images, Tensor):
-        if images.ndim != 4:
-            raise ValueError(f"samples must be a (B, C, H, W) Tensor, got shape {tuple(images.shape)}")
+        if not 2 <= images.ndim <= 5:
+            raise ValueError(f"samples must be a Tensor of rank 2 to 5 (batch first), got shape "
+                             f"{tuple(images.shape)}")
         return images.astype(ms.float32)
     if isinstance(images, (list, tuple)):
         if not images:
@@ -142,6 +154,8 @@ def library_name(module: Any) -> str:
 
 
 MODEL_INDEX_NAME = "model_index.json"
+#: the private ``model_index.json`` key of the null condition learned for classifier-free guidance
+NULL_CONDITION_KEY = "_null_condition"
 
 #: the pipeline class a folder names, where diffusers has no class of this package's name: diffusers'
 #: ``DDPMPipeline`` drives the scheduler it is given as it is, so a DPM-Solver sampler is a
@@ -159,12 +173,13 @@ def folder_pipeline_name(pipeline_class: str) -> str:
 
 
 def model_index(pipeline_class: str, components: Mapping[str, Any],
-                data_normalization: Optional[DataNormalization] = None) -> Dict[str, Any]:
+                data_normalization: Optional[DataNormalization] = None, null_condition=None) -> Dict[str, Any]:
     """The ``model_index.json`` content of a pipeline folder: ``_class_name`` (through
     :func:`folder_pipeline_name`), the format version, each component's ``[library, class name]``
     (:func:`library_name`; ``[None, None]`` for ``None``) and, when given, the training data's statistics under
     ``"_data_normalization"`` (``{"mean": [...], "std": [...]}``, per channel; a private key,
-    which diffusers ignores).
+    which diffusers ignores), and the null condition classifier-free guidance uses under
+    ``"_null_condition"`` (an int label, ``"zeros"`` or a list), when the model learned one.
 
     >>> from mindscience_diffuser import DDIMScheduler
     >>> model_index("DDIMPipeline", {"scheduler": DDIMScheduler(), "unet": None})["scheduler"]
@@ -176,16 +191,18 @@ def model_index(pipeline_class: str, components: Mapping[str, Any],
         data[name] = [library_name(module), type(module).__name__] if module is not None else [None, None]
     if data_normalization is not None:
         data[MODEL_INDEX_KEY] = data_normalization.to_dict()
+    if null_condition is not None:
+        data[NULL_CONDITION_KEY] = check_null_condition(null_condition)
     return data
 
 
 def save_pipeline_folder(save_directory: Union[str, os.PathLike], pipeline_class: str,
-                         components: Mapping[str, Any], data_normalization=None) -> Path:
+                         components: Mapping[str, Any], data_normalization=None, null_condition=None) -> Path:
     """Write diffusers' pipeline layout: each component in its subfolder (``save_pretrained``
     where it has one, else ``save_config``: ``unet/`` config + safetensors, ``scheduler/``
     ``scheduler_config.json``), then ``model_index.json`` naming ``pipeline_class`` (and holding
     ``data_normalization``, a :class:`~mindscience_diffuser.normalization.DataNormalization`
-    or ``{"mean", "std"}`` mapping, when given)."""
+    or ``{"mean", "std"}`` mapping, when given, and the model's ``null_condition``)."""
     data_normalization = DataNormalization.coerce(data_normalization, _sample_channels(components.get("unet")))
     directory = Path(save_directory)
     if directory.is_file():
@@ -198,12 +215,15 @@ def save_pipeline_folder(save_directory: Union[str, os.PathLike], pipeline_class
             module.save_pretrained(directory / name)
         else:
             module.save_config(directory / name)
-    write_json_atomically(directory / MODEL_INDEX_NAME, model_index(pipeline_class, components, data_normalization))
+    write_json_atomically(directory / MODEL_INDEX_NAME,
+                          model_index(pipeline_class, components, data_normalization, null_condition))
     return directory
 
 
 def _sample_channels(unet) -> Optional[int]:
-    """The channels of the samples ``unet`` makes (its ``in_channels``), or None when it has no config."""
+    """The channels of the samples ``unet`` makes (its ``sample_channels``, else ``in_channels``), or None."""
+    if hasattr(unet, "sample_channels"):
+        return unet.sample_channels
     config = getattr(unet, "config", None)
     return config.get("in_channels") if hasattr(config, "get") else None
 
@@ -246,6 +266,7 @@ class DiffusionPipeline:
         self._loops: Dict[tuple, SamplingLoop] = {}
         self.use_jit = False
         self._data_normalization: Optional[DataNormalization] = None
+        self._null_condition = None
 
     # -- units ---------------------------------------------------------------------------------
     @property
@@ -260,6 +281,18 @@ class DiffusionPipeline:
     @data_normalization.setter
     def data_normalization(self, value) -> None:
         self._data_normalization = DataNormalization.coerce(value, _sample_channels(getattr(self, "unet", None)))
+
+    @property
+    def null_condition(self):
+        """The condition the model learned as "no condition" (condition dropout in training), which
+        classifier-free guidance pairs with the given one: an int class label, ``"zeros"`` (an
+        all-zero vector or field) or a per-sample array as a list; ``None`` (the default): none
+        learned, and ``guidance_scale`` other than 1 is refused. Stored in ``model_index.json``."""
+        return self._null_condition
+
+    @null_condition.setter
+    def null_condition(self, value) -> None:
+        self._null_condition = check_null_condition(value)
 
     def to_data_units(self, samples):
         """Model-unit samples (B, C, H, W; numpy array or Tensor) in the data's units:
@@ -311,14 +344,16 @@ class DiffusionPipeline:
     def config(self) -> FrozenConfig:
         """The ``model_index.json`` content: each component's ``(library, class name)`` and
         the stored :attr:`data_normalization`, if any."""
-        return FrozenConfig(model_index(type(self).__name__, self.components, self._data_normalization))
+        return FrozenConfig(model_index(type(self).__name__, self.components, self._data_normalization,
+                                        self._null_condition))
 
     # -- save / load ---------------------------------------------------------------------------
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> Path:
         """Write ``model_index.json``, ``unet/`` (config + safetensors) and ``scheduler/``
         (``scheduler_config.json``) as diffusers' ``save_pretrained`` does, with
         :attr:`data_normalization` in ``model_index.json``; returns the folder."""
-        return save_pipeline_folder(save_directory, type(self).__name__, self.components, self._data_normalization)
+        return save_pipeline_folder(save_directory, type(self).__name__, self.components, self._data_normalization,
+                                    self._null_condition)
 
     @classmethod
     def from_pretrained(cls, pretrained_path: Union[str, os.PathLike], compute_dtype=ms.float32, **components):
@@ -358,10 +393,11 @@ class DiffusionPipeline:
             loaded[name] = component_cls.from_pretrained(directory, subfolder=name, compute_dtype=compute_dtype)
         loaded.update(components)
         pipe = target(**loaded)
-        try:
-            pipe.data_normalization = index.get(MODEL_INDEX_KEY)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{directory / cls.config_name}: {MODEL_INDEX_KEY} {err}") from err
+        for key, attribute in ((MODEL_INDEX_KEY, "data_normalization"), (NULL_CONDITION_KEY, "null_condition")):
+            try:
+                setattr(pipe, attribute, index.get(key))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{directory / cls.config_name}: {key} {err}") from err
         return pipe
 
     # -- progress bar --------------------------------------------------------------------------
@@ -377,30 +413,49 @@ class DiffusionPipeline:
     numpy_to_pil = staticmethod(numpy_to_pil)
 
     # -- sampling ------------------------------------------------------------------------------
-    def sampling_loop(self, scheduler=None, **options) -> SamplingLoop:
-        """The compiled loop for ``(self.unet, scheduler or self.scheduler, options)``, built once
-        and kept, so GRAPH_MODE compiles it once per input shape and step count."""
+    def sampling_loop(self, scheduler=None, guided: bool = False, **options) -> SamplingLoop:
+        """The compiled loop for ``(self.unet, scheduler or self.scheduler, guided, options)``,
+        built once and kept, so GRAPH_MODE compiles it once per input shape and step count."""
         scheduler = self.scheduler if scheduler is None else scheduler
-        key = (id(self.unet), id(scheduler), loop_constants_for(scheduler, options))
+        key = (id(self.unet), id(scheduler), bool(guided), loop_constants_for(scheduler, options))
         loop = self._loops.get(key)
         if loop is None:
             # Drop loops of components that are no longer in the pipeline.
             live = {id(m) for m in self.components.values()} | {id(scheduler)}
             self._loops = {k: v for k, v in self._loops.items() if k[0] in live and k[1] in live}
-            loop = self._loops[key] = SamplingLoop(self.unet, scheduler, **options)
+            field = condition_spec(self.unet).field is not None
+            loop = self._loops[key] = SamplingLoop(self.unet, scheduler, field_condition=field, guided=guided,
+                                                   **options)
         return loop
 
-    def _sample_shape(self, batch_size: int, latents) -> Tuple[int, ...]:
-        cfg = self.unet.config
-        size = cfg.sample_size
-        if size is None:
-            if latents is None:
-                raise ValueError("the UNet config has no sample_size: pass latents of shape (batch_size, in_channels, "
-                                 "H, W)")
-            hw = tuple(latents.shape[2:])
-        else:
+    def _sample_shape(self, batch_size: int, latents, sample_shape=None) -> Tuple[int, ...]:
+        """The shape of the batch to sample: ``(batch_size, *sample_shape)`` when given, else the
+        model's ``sample_shape(batch_size)`` (its config's size and channels), else the shape
+        of ``latents``."""
+        if sample_shape is not None:
+            if isinstance(sample_shape, (int, np.integer)) or not isinstance(sample_shape, (tuple, list)):
+                raise TypeError(f"sample_shape must be a tuple of ints, the shape of one sample (e.g. (C, H, W) or "
+                                f"(L, C)), got {sample_shape!r}")
+            dims = tuple(check_positive("sample_shape entries", d, integer=True) for d in sample_shape)
+            if not 1 <= len(dims) <= 4:
+                raise ValueError(f"sample_shape must have 1 to 4 entries (samples of rank 2 to 5), got {dims}")
+            return (batch_size,) + dims
+        if hasattr(self.unet, "sample_shape"):
+            try:
+                return tuple(self.unet.sample_shape(batch_size))
+            except ValueError:
+                if latents is None:
+                    raise
+                return (batch_size,) + tuple(latents.shape[1:])
+        config = getattr(self.unet, "config", None)
+        size = config.get("sample_size") if hasattr(config, "get") else None
+        if size is not None and config.get("in_channels") is not None:
             hw = (size, size) if isinstance(size, int) else tuple(size)
-        return (batch_size, cfg.in_channels) + hw
+            return (batch_size, config["in_channels"]) + hw
+        if latents is not None:
+            return (batch_size,) + tuple(latents.shape[1:])
+        raise ValueError(f"cannot tell the sample shape of a {type(self.unet).__name__}: pass sample_shape= (one "
+                         "sample's shape) or latents=")
 
     def _prepare_latents(self, shape, latents, rng: np.random.Generator) -> np.ndarray:
         if latents is None:
@@ -410,9 +465,51 @@ class DiffusionPipeline:
         if not isinstance(latents, np.ndarray):
             raise TypeError(f"latents must be a mindspore Tensor or a numpy array, got {type(latents).__name__}")
         if tuple(latents.shape) != tuple(shape):
-            raise ValueError(f"latents must have shape {tuple(shape)} (batch_size, in_channels, height, width), got "
+            raise ValueError(f"latents must have shape {tuple(shape)} (batch_size, then one sample's shape), got "
                              f"{tuple(latents.shape)}")
+        if not np.all(np.isfinite(latents)):
+            raise ValueError("latents hold NaN or infinite values")
         return latents.astype(np.float32)
+
+    def _resolve_output_type(self, output_type: Optional[str], shape: Tuple[int, ...]) -> str:
+        """``output_type`` checked against the samples: ``None`` is ``"pil"`` for images
+        ((B, C, H, W) with 1, 3 or 4 channels) and ``"latent"`` for anything else."""
+        if output_type is None:
+            return "pil" if len(shape) == 4 and shape[1] in PIL_MODES else "latent"
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        if output_type in IMAGE_OUTPUT_TYPES and len(shape) != 4:
+            raise ValueError(f"output_type={output_type!r} makes images from (B, C, H, W) samples; these have shape "
+                             f"{shape}: use output_type='latent' or 'field'")
+        if output_type == "pil" and shape[1] not in PIL_MODES:
+            raise ValueError(f"output_type='pil' needs 1, 3 or 4 channels, this model makes {shape[1]}; use "
+                             "output_type='np'")
+        return output_type
+
+    def _conditioning(self, spec: ConditionSpec, condition, class_labels, guidance_scale, shape, dtype,
+                      rng: np.random.Generator):
+        """``(condition, class_labels, guidance_scale)`` for the loop: checked, as Tensors, and for a
+        guided call (``guidance_scale`` other than 1) the conditional batch followed by the null one."""
+        batch = shape[0]
+        labels = self._class_labels(spec, class_labels, batch, rng)
+        cond = prepare_condition(spec, condition, batch, shape, dtype)
+        if guidance_scale is None or guidance_scale == 1:
+            # w = 1 is the conditional model itself: no unconditional half is computed.
+            return cond, labels, None
+        guidance_scale = check_positive("guidance_scale", guidance_scale, allow_zero=True)
+        if not np.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+        if cond is None and labels is None:
+            raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model and a condition; this call "
+                             "has neither condition nor class_labels (use guidance_scale=1)")
+        if self._null_condition is None:
+            raise ValueError(f"guidance_scale={guidance_scale} needs the null condition the model learned (train with "
+                             "condition_dropout > 0, or set pipe.null_condition); this pipeline has none")
+        null_cond, null_labels = null_condition_for(self._null_condition, cond, labels)
+        if spec.num_classes is not None and null_labels is not None and int(null_labels[0]) >= spec.num_classes:
+            raise ValueError(f"null_condition {self._null_condition} is not a class of this model (it has "
+                             f"{spec.num_classes})")
+        both = [None if a is None else ops.concat((a, b), 0) for a, b in ((cond, null_cond), (labels, null_labels))]
+        return both[0], both[1], guidance_scale
 
     def _sample(
         self,
@@ -420,57 +517,64 @@ class DiffusionPipeline:
         generator: GeneratorLike,
         num_inference_steps,
         latents,
-        output_type: str,
+        output_type: Optional[str],
         return_dict: bool,
         loop_options: Optional[Dict[str, Any]] = None,
         schedule_options: Optional[Dict[str, Any]] = None,
         class_labels=None,
         scheduler=None,
+        condition=None,
+        guidance_scale: float = 1.0,
+        sample_shape=None,
     ):
         """The shared ``__call__``: validate, schedule, draw (latents, class labels, step noise)
         from one generator, run the loop, convert to ``output_type``."""
         batch_size = check_positive("batch_size", batch_size, integer=True)
         if num_inference_steps is not None:
             check_positive("num_inference_steps", num_inference_steps, integer=True)
-        check_choice("output_type", output_type, OUTPUT_TYPES)
-        shape = self._sample_shape(batch_size, latents)
-        if output_type == "pil" and shape[1] not in PIL_MODES:
-            raise ValueError(f"output_type='pil' needs 1, 3 or 4 channels, this UNet makes {shape[1]}; use "
-                             "output_type='np'")
+        shape = self._sample_shape(batch_size, latents, sample_shape)
+        output_type = self._resolve_output_type(output_type, shape)
         scheduler = self.scheduler if scheduler is None else scheduler
         if not isinstance(scheduler, self.supported_schedulers):
             raise TypeError(
                 f"{type(self).__name__} cannot drive a {type(scheduler).__name__}; use {self._supported_text()}"
             )
-        loop = self.sampling_loop(scheduler, **(loop_options or {}))
+        dtype = scheduler.compute_dtype
         rng = as_numpy_generator(generator)
+        x = self._prepare_latents(shape, latents, rng)
+        cond, labels, scale = self._conditioning(condition_spec(self.unet), condition, class_labels, guidance_scale,
+                                                 shape, dtype, rng)
+        loop = self.sampling_loop(scheduler, guided=scale is not None, **(loop_options or {}))
         timesteps, knobs, stochastic = loop.schedule(num_inference_steps, **(schedule_options or {}))
-        x = self._prepare_latents(shape, latents, rng) * scheduler.init_noise_sigma
-        labels = self._class_labels(class_labels, batch_size, rng)
+        x = x * scheduler.init_noise_sigma
         if stochastic:
             noise = rng.standard_normal((len(timesteps),) + shape).astype(np.float32)
         else:
             noise = np.zeros((1,) + shape, np.float32)
-        dtype = scheduler.compute_dtype
+        final = self._run_loop(loop, Tensor(x, dtype), timesteps, knobs, Tensor(noise, dtype), cond, labels, scale)
+        images = self._convert_output(final, output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _run_loop(self, loop: SamplingLoop, latents: Tensor, timesteps, knobs, noise: Tensor, condition=None,
+                  class_labels=None, guidance_scale=None) -> Tensor:
+        """Run ``loop`` with this pipeline's progress bar; the loop's result (see :meth:`SamplingLoop.run`)."""
         bar = None
-        if ms.get_context("mode") != ms.GRAPH_MODE and not self.use_jit:
+        if not self._progress_bar_config.get("disable", False):
             bar = self.progress_bar(total=len(timesteps))
         try:
             # The loop returns (sample, what the image is made of): the sample itself, or the
             # noise-free predictor mean for score-SDE sampling.
-            _, final = loop.run(Tensor(x, dtype), timesteps, knobs, Tensor(noise, dtype), labels, progress_bar=bar,
-                                use_jit=self.use_jit)
+            _, final = loop.run(latents, timesteps, knobs, noise, condition, class_labels, guidance_scale,
+                                progress_bar=bar, use_jit=self.use_jit)
         finally:
             if bar is not None:
                 bar.close()
-        images = self._convert_output(final, output_type)
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        return final
 
-    def _class_labels(self, class_labels, batch_size: int, rng: np.random.Generator) -> Optional[Tensor]:
-        """Unconditional pipelines take no class labels."""
-        if class_labels is not None:
-            raise ValueError(f"{type(self).__name__} takes no class_labels")
-        return None
+    def _class_labels(self, spec: ConditionSpec, class_labels, batch_size: int,
+                      rng: np.random.Generator) -> Optional[Tensor]:
+        """``class_labels`` checked against the model (:func:`prepare_class_labels`)."""
+        return prepare_class_labels(spec, class_labels, batch_size)
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{name}={type(module).__name__}" for name, module in self.components.items())

@@ -20,24 +20,34 @@ methods of :class:`~mindscience_diffuser.schedulers.base.SchedulerBase`:
 
 What ``construct`` receives, all built on the host by the pipeline before the loop:
 
-- ``latents``: the starting sample (already scaled by ``init_noise_sigma``);
+- ``sample`` and ``state``: where the iterations start from: the starting sample (already
+  scaled by ``init_noise_sigma``) and ``scheduler.loop_state(sample)``, or what an earlier
+  chunk returned (so a loop can run in chunks and carry DPM-Solver's history between them);
 - ``timesteps``: the model's time conditioning for each iteration (a Tensor, so new values
   never recompile; its length is the number of iterations);
 - ``noise``: ``(K, *latents.shape)`` Gaussian noise drawn from the caller's generator, one
   slice per iteration for stochastic updates, or ``K = 1`` zeros for deterministic ones
   (the iteration reads slice ``min(i, K - 1)``);
 - ``knobs``: the per-iteration float scalars of the plan;
-- ``start``: the 0-d int32 index of the first iteration (a Tensor input, so the compiler cannot
-  treat the trip count as a constant and unroll the loop).
+- ``start`` / ``stop``: 0-d int32 indices of the first iteration and one past the last (Tensor
+  inputs, so the compiler cannot treat the trip count as a constant and unroll the loop, and a
+  chunk of any length reuses the same graph);
+- ``condition`` / ``class_labels``: what the model is conditioned on (see
+  :mod:`~mindscience_diffuser.models.conditioning`), or None;
+- ``guidance_scale``: the 0-d classifier-free guidance weight w of a *guided* loop, whose
+  ``condition`` / ``class_labels`` hold the conditional batch followed by the null one.
 
 Scheduler options are Python attributes of the scheduler (constants in the graph); per-schedule
 tables are Parameters of the scheduler, refreshed by ``set_timesteps`` and read on every call.
 The scheduler's ``loop_constants`` (DDIM's ``use_clipped_model_output``, Euler's ``s_noise``) are
-fixed when the loop is built, so each set of values gets its own Cell and its own graph.
+fixed when the loop is built, so each set of values gets its own Cell and its own graph; so are
+whether a field condition is concatenated to the sample and whether the loop is guided.
 
-In PyNative the same construct runs eagerly, one step per Python iteration; ``progress`` (a
-tqdm bar, set by the pipeline for eager runs only) advances after every step. In a compiled
-graph ``progress`` is ``None`` and the tick folds away.
+Progress: in PyNative the construct runs eagerly, one step per Python iteration, and
+``progress`` (a tqdm bar) advances after every step. Compiled (GRAPH_MODE or ``ms.jit``),
+:meth:`SamplingLoop.run` runs the same graph over consecutive chunks of iterations, carrying
+``(sample, state)`` from one chunk to the next, and advances the bar after each chunk; with no
+bar it runs every iteration in one call.
 """
 from __future__ import annotations
 
@@ -47,6 +57,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..models.conditioning import call_denoiser
 from ..schedulers.base import LoopPlan, SchedulerBase
 
 
@@ -63,44 +74,72 @@ def loop_constants_for(scheduler, options: dict) -> tuple:
 
 
 class SamplingLoop(nn.Cell):
-    """The one sampling loop: holds the model and the scheduler; ``construct`` runs every iteration.
+    """The one sampling loop: holds the model and the scheduler; ``construct`` runs the iterations
+    ``start .. stop - 1``.
+
+    ``field_condition``: the condition is a field concatenated to the sample's channels (from the
+    model's :class:`ConditionSpec`). ``guided``: classifier-free guidance (Ho & Salimans 2022,
+    eq. 6): the model sees the batch twice, with the condition and with the null condition, in
+    one call, and the prediction is ε̃ = ε(x, ∅) + w·(ε(x, c) − ε(x, ∅)).
 
     ``auto_prefix=False`` keeps the model's parameter names unchanged (the same UNet may sit in
     several loops, and its names are the diffusers weight names).
     """
 
-    def __init__(self, unet: nn.Cell, scheduler: SchedulerBase, **constants):
+    def __init__(self, unet: nn.Cell, scheduler: SchedulerBase, field_condition: bool = False, guided: bool = False,
+                 **constants):
         super().__init__(auto_prefix=False)
         self.constants = loop_constants_for(scheduler, constants)
         self.unet = unet
         self.scheduler = scheduler
+        self.field_condition = bool(field_condition)
+        self.guided = bool(guided)
+        #: whether the scheduler carries state between iterations (DPM-Solver, score-SDE)
+        self.stateful = type(scheduler).loop_state is not SchedulerBase.loop_state
         self.progress = None
+        #: at most this many compiled calls per run when a progress bar is shown
+        self.progress_chunks = 10
 
-    def _model(self, sample: Tensor, timestep: Tensor, class_labels: Optional[Tensor]) -> Tensor:
-        """The model's output for ``sample`` at a 0-d ``timestep`` (broadcast over the batch)."""
-        t = ops.broadcast_to(timestep.reshape((1,)), (sample.shape[0],))
-        if class_labels is None:
-            return self.unet(sample, t)
-        return self.unet(sample, t, class_labels)
+    def _model(self, sample: Tensor, timestep: Tensor, condition: Optional[Tensor], class_labels: Optional[Tensor],
+               guidance_scale: Optional[Tensor]) -> Tensor:
+        """The model's output for ``sample`` at a 0-d ``timestep`` (broadcast over the batch),
+        guided when the loop is."""
+        batch = sample.shape[0]
+        if not self.guided:
+            t = ops.broadcast_to(timestep.reshape((1,)), (batch,))
+            return call_denoiser(self.unet, self.field_condition, sample, t, condition, class_labels)
+        t = ops.broadcast_to(timestep.reshape((1,)), (2 * batch,))
+        both = call_denoiser(self.unet, self.field_condition, ops.concat((sample, sample), 0), t, condition,
+                             class_labels)
+        return classifier_free_guidance(both[:batch], both[batch:], guidance_scale, sample.shape[1])
 
     def _tick(self) -> None:
         if self.progress is not None:
             self.progress.update(1)
 
-    def construct(self, latents, timesteps, noise, knobs, start, class_labels=None):
+    def construct(self, sample, state, timesteps, noise, knobs, start, stop, condition=None, class_labels=None,
+                  guidance_scale=None):
         scheduler = self.scheduler
-        sample = latents
-        state = scheduler.loop_state(latents)
         i = start
-        while i < timesteps.shape[0]:
+        while i < stop:
             t = ops.gather(timesteps, i, 0)
-            model_output = self._model(scheduler.loop_model_input(sample, i), t, class_labels)
+            model_output = self._model(scheduler.loop_model_input(sample, i), t, condition, class_labels,
+                                       guidance_scale)
             noise_i = ops.gather(noise, ops.minimum(i, noise.shape[0] - 1), 0)
             sample, state = scheduler.loop_update(model_output, sample, i, t, noise_i, ops.gather(knobs, i, 0), state,
                                                   self.constants)
             i = i + 1
             self._tick()
-        return sample, scheduler.loop_output(sample, state)
+        if not self.stateful:
+            # MindSpore 2.8 returns garbage for a loop-carried tuple the body only passes
+            # through (an empty or placeholder state): a stateless loop returns the sample alone.
+            return sample
+        # A flat (sample, *state), built element by element: a nested tuple output comes back
+        # reshaped, and adding the input tuple whole fails for mixed element types.
+        flat = (sample,)
+        for k in range(len(state)):
+            flat = flat + (state[k],)
+        return flat
 
     # -- host side ---------------------------------------------------------------------------
     def schedule(self, num_inference_steps: Optional[int] = None, **options) -> LoopPlan:
@@ -108,30 +147,67 @@ class SamplingLoop(nn.Cell):
         return self.scheduler.loop_plan(num_inference_steps, **options)
 
     def run(self, latents: Tensor, timesteps: np.ndarray, knobs: np.ndarray, noise: Tensor,
-            class_labels: Optional[Tensor] = None, progress_bar=None, use_jit: bool = False) -> Tuple[Tensor, Tensor]:
-        """Run the loop over ``latents``: compiled under GRAPH_MODE (or with ``use_jit``),
-        eagerly with ``progress_bar`` (a tqdm-like object or None) in PyNative. Returns
-        ``(sample, result)``: the last sample and what the output is made of."""
+            condition: Optional[Tensor] = None, class_labels: Optional[Tensor] = None,
+            guidance_scale: Optional[float] = None, progress_bar=None, use_jit: bool = False) -> Tuple[Tensor, Tensor]:
+        """Run every iteration from ``latents``: compiled under GRAPH_MODE (or with ``use_jit``),
+        eagerly in PyNative. ``progress_bar`` (a tqdm-like object or None) advances after each
+        step (eager) or each chunk (compiled). Returns ``(sample, result)``: the last sample and
+        what the output is made of."""
         timesteps = np.asarray(timesteps)
-        args = (
-            latents,
+        if self.guided and guidance_scale is None:
+            raise ValueError("a guided sampling loop needs guidance_scale")
+        n = len(timesteps)
+        fixed = (
             Tensor(timesteps, ms.int32 if np.issubdtype(timesteps.dtype, np.integer) else ms.float32),
             noise,
             Tensor(np.asarray(knobs, np.float32)),
-            Tensor(0, ms.int32),
-            class_labels,
         )
-        if ms.get_context("mode") == ms.GRAPH_MODE:
-            return self(*args)
-        if use_jit:
-            return self.compiled(*args)
-        self.progress = progress_bar
+        conditioning = (condition, class_labels,
+                        None if guidance_scale is None else Tensor(guidance_scale, ms.float32))
+        sample, state = latents, tuple(self.scheduler.loop_state(latents))
+        compiled = ms.get_context("mode") == ms.GRAPH_MODE or use_jit
+        call = self if not compiled or ms.get_context("mode") == ms.GRAPH_MODE else self.compiled
+        self.progress = None if compiled else progress_bar
         try:
-            return self(*args)
+            for begin, end in chunk_bounds(n, self.progress_chunks if compiled and progress_bar is not None else 1):
+                # The state is mutable so that a chunk's returned state is a variable input of
+                # the same graph rather than a new constant to compile for.
+                out = call(sample, ms.mutable(state) if state else (), *fixed, Tensor(begin, ms.int32),
+                           Tensor(end, ms.int32), *conditioning)
+                sample, state = (out[0], tuple(out[1:])) if self.stateful else (out, state)
+                if compiled and progress_bar is not None:
+                    progress_bar.update(end - begin)
         finally:
             self.progress = None
+        return sample, self.scheduler.loop_output(sample, state)
 
     @ms.jit
-    def compiled(self, latents, timesteps, noise, knobs, start, class_labels=None):
+    def compiled(self, sample, state, timesteps, noise, knobs, start, stop, condition=None, class_labels=None,
+                 guidance_scale=None):
         """``construct`` compiled with ``ms.jit`` (for PyNative processes)."""
-        return self.construct(latents, timesteps, noise, knobs, start, class_labels)
+        return self.construct(sample, state, timesteps, noise, knobs, start, stop, condition, class_labels,
+                              guidance_scale)
+
+
+def chunk_bounds(num_iterations: int, num_chunks: int) -> list:
+    """``[(begin, end), ...]``: ``num_iterations`` split into at most ``num_chunks`` consecutive
+    runs of near-equal length (one run, the whole loop, when ``num_chunks`` is 1).
+
+    >>> chunk_bounds(25, 10)[:3], chunk_bounds(3, 10), chunk_bounds(0, 4)
+    ([(0, 2), (2, 5), (5, 8)], [(0, 1), (1, 2), (2, 3)], [(0, 0)])
+    """
+    count = max(1, min(num_chunks, num_iterations))
+    edges = np.linspace(0, num_iterations, count + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+def classifier_free_guidance(conditional: Tensor, unconditional: Tensor, guidance_scale: Tensor,
+                             sample_channels: int) -> Tensor:
+    """ε̃ = ε_∅ + w·(ε_c − ε_∅) (Ho & Salimans 2022, eq. 6) on the first ``sample_channels``
+    channels; the channels beyond them (a learned variance, as in DDPM's ``learned_range``)
+    are the conditional model's, as guidance applies to the mean prediction only."""
+    w = guidance_scale.astype(conditional.dtype)
+    guided = unconditional + w * (conditional - unconditional)
+    if conditional.ndim == 4 and conditional.shape[1] == 2 * sample_channels:
+        return ops.concat((guided[:, :sample_channels], conditional[:, sample_channels:]), 1)
+    return guided

@@ -30,6 +30,43 @@ def power_law_spectrum(exponent: float) -> Callable[[np.ndarray], np.ndarray]:
     return spectrum
 
 
+def _power_on_grid(size: int, spectrum: SpectrumLike) -> np.ndarray:
+    """P(|k|) on the ``size``×``size`` FFT grid (float64), checked finite, non-negative and not all zero."""
+    if callable(spectrum):
+        power_fn = spectrum
+    elif isinstance(spectrum, (int, float)) and not isinstance(spectrum, bool):
+        power_fn = power_law_spectrum(spectrum)
+    else:
+        raise TypeError("spectrum must be a power-law exponent (float) or a callable P(k), got "
+                        f"{type(spectrum).__name__}")
+    power = np.asarray(power_fn(wavenumber_grid(size)), dtype=np.float64)
+    if power.shape != (size, size) or np.any(power < 0) or not np.all(np.isfinite(power)):
+        raise ValueError("spectrum must return finite, non-negative values on the |k| grid")
+    if not power.any():
+        raise ValueError("spectrum is zero everywhere: the fields would be constant")
+    return power
+
+
+def grf_mode_variance(size: int = 32, spectrum: SpectrumLike = 2.5, std: float = 0.3) -> np.ndarray:
+    r"""The variance S(k) of each orthonormal Fourier coefficient of :func:`gaussian_random_field`'s
+    fields, on the ``size``×``size`` FFT grid (float64, k = 0 at [0, 0]).
+
+    The fields are stationary, so their covariance is circulant and diagonal in the Fourier basis:
+    with f̂ = FFT(f)/size (the orthonormal DFT), E|f̂(k)|² = S(k) = P(k)·std²·size²/Σ_k P(k), and
+    the pixel variance is Σ_k S(k)/size² = std². This is the prior of the exact Wiener denoiser
+    (:class:`~mindscience_diffuser.models.GaussianFieldDenoiser`) and of the exact posterior
+    (:mod:`~mindscience_diffuser.training.posterior`).
+
+    >>> s = grf_mode_variance(8, 2.5, 0.3)
+    >>> round(float(s.sum() / 8 ** 2), 6), float(s[0, 0])
+    (0.09, 0.0)
+    """
+    size = check_positive("size", size, integer=True, minimum=2)
+    std = check_positive("std", std)
+    power = _power_on_grid(size, spectrum)
+    return power * (std ** 2 * size ** 2 / power.sum())
+
+
 def gaussian_random_field(
     n: int,
     size: int = 32,
@@ -45,25 +82,15 @@ def gaussian_random_field(
     The result is scaled by the ensemble standard deviation (known analytically from P), so
     single fields keep their natural variance fluctuations; ``std=0.3`` puts 99.9% of values in
     [-1, 1] (3.3 σ), the range a diffusion model is trained on and image pipelines clip to.
+    :func:`grf_mode_variance` gives the covariance of these fields in the Fourier basis.
     """
     n = check_positive("n", n, integer=True)
     size = check_positive("size", size, integer=True, minimum=2)
     check_positive("std", std)
-    if callable(spectrum):
-        power_fn = spectrum
-    elif isinstance(spectrum, (int, float)) and not isinstance(spectrum, bool):
-        power_fn = power_law_spectrum(spectrum)
-    else:
-        raise TypeError("spectrum must be a power-law exponent (float) or a callable P(k), got "
-                        f"{type(spectrum).__name__}")
     rng = as_numpy_generator(generator)
-    power = np.asarray(power_fn(wavenumber_grid(size)), dtype=np.float64)
-    if power.shape != (size, size) or np.any(power < 0) or not np.all(np.isfinite(power)):
-        raise ValueError("spectrum must return finite, non-negative values on the |k| grid")
+    power = _power_on_grid(size, spectrum)
     # Var(f) = sum_k P(k) / size² for unit white noise under numpy's FFT normalisation.
     ensemble_std = np.sqrt(power.sum()) / size
-    if ensemble_std == 0:
-        raise ValueError("spectrum is zero everywhere: the fields would be constant")
     noise = rng.standard_normal((n, size, size))
     fields = np.fft.ifft2(np.fft.fft2(noise) * np.sqrt(power)).real
     return (fields * (std / ensemble_std)).astype(np.float32)[:, None]
