@@ -26,7 +26,6 @@ noise/timestep/dropout draw (trainer seed 0), the evaluation noise (seed 0 + ind
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import time
@@ -34,7 +33,6 @@ from pathlib import Path
 
 import mindspore as ms
 import numpy as np
-from mindspore import ops
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -145,35 +143,14 @@ def true_fields(alpha: float, n: int, seed: int) -> np.ndarray:
     return gaussian_random_field(n, SIZE, spectrum=alpha, std=STD, generator=seed)
 
 
-class _AtCondition(ms.nn.Cell):
-    """``unet`` with its vector condition held fixed: model(x, t) = unet(x, t, c). For pipelines
-    that do not take ``condition=`` yet; c is a Parameter, so a new α does not recompile."""
-
-    def __init__(self, unet):
-        super().__init__(auto_prefix=False)
-        self.unet, self.config = unet, unet.config
-        dim = unet.config["projection_class_embeddings_input_dim"]
-        self.condition = ms.Parameter(ms.Tensor(np.zeros((1, dim), np.float32)), name="fixed_condition",
-                                      requires_grad=False)
-
-    def construct(self, sample, timestep):
-        return self.unet(sample, timestep, ops.broadcast_to(self.condition, (sample.shape[0], -1)))
-
-
 def conditional_samples(pipe, alpha: float, n: int, steps: int, seed: int, batch: int) -> np.ndarray:
     """``n`` fields at slope α from the pipeline (``condition=[α]``, guidance scale 1), in data units."""
-    takes_condition = "condition" in inspect.signature(pipe.__call__).parameters
-    if not takes_condition:
-        if not isinstance(pipe.unet, _AtCondition):
-            pipe.unet = _AtCondition(pipe.unet)
-        pipe.unet.condition.set_data(ms.Tensor(np.full((1, 1), alpha, np.float32)))
     rng = np.random.default_rng(seed)
     chunks, done = [], 0
     while done < n:
         size = min(batch, n - done)
-        extra = {"condition": np.full((size, 1), alpha, np.float32)} if takes_condition else {}
-        out = pipe(batch_size=size, generator=rng, num_inference_steps=steps, output_type="field", **extra).images
-        chunks.append(out.asnumpy() if hasattr(out, "asnumpy") else np.asarray(out))
+        chunks.append(pipe(batch_size=size, generator=rng, num_inference_steps=steps, condition=[alpha],
+                           output_type="field").images.asnumpy())
         done += size
     return np.concatenate(chunks)
 

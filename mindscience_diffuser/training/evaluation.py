@@ -119,15 +119,13 @@ def power_law_grf_spectrum(exponent: float, size: int = 32, std: float = 0.3) ->
     and ensemble standard deviation ``std``, shell-averaged exactly as :func:`radial_power_spectrum`
     bins a measured one: a reference without sampling error.
 
-    The generator scales f = IFFT(sqrt(P)·FFT(w)) by c = std/σ with σ² = Σ_k P(k)/size², so
-    E|FFT f(k)|²/size² = c²·P(k) on every grid point; the (deterministic) field whose FFT is
-    sqrt(c²·P·size²) has exactly that periodogram, and its radial spectrum is the answer.
+    On every grid point the expected periodogram E|FFT f(k)|²/size² is the mode variance S(k)
+    (:func:`~mindscience_diffuser.training.fields.grf_mode_variance`); the deterministic field whose
+    FFT is sqrt(S)·size has exactly that periodogram, and its radial spectrum is the answer.
     """
-    from .fields import power_law_spectrum, wavenumber_grid
+    from .fields import grf_mode_variance
 
-    power = power_law_spectrum(exponent)(wavenumber_grid(size))
-    scale2 = (std / (np.sqrt(power.sum()) / size)) ** 2
-    field = np.fft.ifft2(np.sqrt(scale2 * power) * size).real
+    field = np.fft.ifft2(np.sqrt(grf_mode_variance(size, float(exponent), std)) * size).real
     return radial_power_spectrum(field[None, None])[1]
 
 

@@ -39,7 +39,7 @@ from ..models.conditioning import (
     ConditionSpec,
     call_denoiser,
     condition_spec,
-    null_condition_value,
+    null_condition_for,
     prepare_class_labels,
     prepare_condition,
 )
@@ -57,8 +57,6 @@ CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 EMA_DIR = "unet_ema"
-#: model_index.json's private key for the null condition (the pipelines' ``null_condition``)
-NULL_CONDITION_KEY = "_null_condition"
 
 
 class _StopRequests(list):
@@ -609,11 +607,13 @@ class DiffusionTrainer:
         if self.null_condition is None:
             return cond, labels
         drop = self._dropped(batch)
-        null_cond, null_labels = null_condition_value(spec, self.null_condition, batch, shape)
-        if null_cond is not None:
-            cond = Tensor(np.where(drop.reshape((-1,) + (1,) * (null_cond.ndim - 1)), null_cond, cond.asnumpy()))
-        if null_labels is not None:
-            labels = Tensor(np.where(drop, null_labels, labels.asnumpy()), ms.int32)
+        # The same null condition the pipelines' guidance uses for its unconditional half.
+        null_cond, null_labels = null_condition_for(self.null_condition, cond, labels)
+        if cond is not None:
+            keep_shape = (-1,) + (1,) * (cond.ndim - 1)
+            cond = Tensor(np.where(drop.reshape(keep_shape), null_cond.asnumpy(), cond.asnumpy()))
+        else:
+            labels = Tensor(np.where(drop, null_labels.asnumpy(), labels.asnumpy()), ms.int32)
         return cond, labels
 
     def train_step(self, batch, condition=None, class_labels=None) -> float:
@@ -866,24 +866,8 @@ class DiffusionTrainer:
                 "the normalised data have unit standard deviation: it would cut the fields' tails. Ship a scheduler "
                 "with clip_sample=False (and thresholding=False) through scheduler=.", UserWarning, stacklevel=2)
         model = self.ema_model() if use_ema else self.model
-        saved = save_pipeline_folder(directory, pipeline_class, {"unet": model, "scheduler": scheduler}, norm)
-        if self.null_condition is not None:
-            self._record_null_condition(saved)
-        return saved
-
-    def _record_null_condition(self, directory: Path) -> None:
-        """Add the null condition ``condition_dropout`` trained to the folder's ``model_index.json``
-        (private key ``_null_condition``, which diffusers ignores), so the loaded pipeline can
-        guide (``guidance_scale != 1``) without being told. A key the pipeline already wrote is
-        left as it is when it agrees, and is an error when it does not."""
-        index_path = directory / "model_index.json"
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        written = index.get(NULL_CONDITION_KEY)
-        if written is not None and written != self.null_condition:
-            raise ValueError(f"{index_path} records null condition {written!r}, but the model was trained with "
-                             f"{self.null_condition!r}")
-        index[NULL_CONDITION_KEY] = self.null_condition
-        write_json_atomically(index_path, index)
+        return save_pipeline_folder(directory, pipeline_class, {"unet": model, "scheduler": scheduler}, norm,
+                                    null_condition=self.null_condition)
 
     # ---- checkpoints ------------------------------------------------------------------------
 
