@@ -3,7 +3,7 @@
 
     python tools/train_grf_slope_model.py train [--minutes 60] [--run-dir DIR]   # resumable
     python tools/train_grf_slope_model.py export [--run-dir DIR]                  # newest checkpoint's EMA -> package
-    python tools/train_grf_slope_model.py evaluate [--samples 256] [--write]      # per-α table + plot
+    python tools/train_grf_slope_model.py evaluate [--samples 96] [--write]       # per-α table + plot
 
 The conditional law is known exactly: given α, a field is the Gaussian
 f = IFFT(sqrt(P_α(|k|)) · FFT(w)) · std/σ_α with white noise w, so its expected radial spectrum
@@ -282,9 +282,9 @@ def main() -> None:
     p.set_defaults(handler=cmd_export)
     p = sub.add_parser("evaluate")
     p.add_argument("--model", default=str(PACKAGE_MODEL))
-    p.add_argument("--samples", type=int, default=128, help="generated (and true) fields per alpha")
+    p.add_argument("--samples", type=int, default=96, help="generated (and true) fields per alpha")
     p.add_argument("--steps", type=int, default=SAMPLE_STEPS)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=96)
     p.add_argument("--write", action="store_true", help="write the metrics JSON and the plot into docs/")
     p.set_defaults(handler=cmd_evaluate)
     args = parser.parse_args()
