@@ -11,10 +11,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9,<3.12",
     packages=find_packages(include=["mindscience_diffuser", "mindscience_diffuser.*"]),
-    package_data={"mindscience_diffuser": ["default_model/*.json", "default_model/*/*.json",
-                                           "default_model/*/*.safetensors",
-                                           # compiled on first use by models/cpu_kernels.py
-                                           "models/kernels/*.cc", "models/kernels/*.h"]},
+    package_data={"mindscience_diffuser": [f"{model}/{pattern}" for model in ("default_model", "grf_slope_model")
+                                           for pattern in ("*.json", "*/*.json", "*/*.safetensors")]
+                  # compiled on first use by models/cpu_kernels.py
+                  + ["models/kernels/*.cc", "models/kernels/*.h"]},
     install_requires=[
         # 2.9 and 2.10 run CPU convolution over 100x slower; see README.
         "mindspore>=2.7.1,<2.9",

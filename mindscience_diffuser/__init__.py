@@ -27,6 +27,9 @@ __version__ = "0.1.0"
 
 #: The pipeline folder (diffusers layout) of the field model that ships with the package.
 DEFAULT_MODEL_PATH = _Path(__file__).resolve().parent / "default_model"
+#: The pipeline folder of the shipped conditional model: 32×32 Gaussian random fields conditioned on
+#: their spectral slope α ∈ [1.5, 3.5] (``condition=[α]``); see docs/conditional_generation.md.
+GRF_SLOPE_MODEL_PATH = _Path(__file__).resolve().parent / "grf_slope_model"
 
 from .docstrings import document_public_classes as _document_public_classes  # noqa: E402
 

@@ -95,6 +95,30 @@ _positive_int = _in_range(_integer, 1, math.inf, "a positive integer")
 _unit_interval = _in_range(_number, 0.0, 1.0, "a number in [0, 1]")
 
 
+def _probability_below_one(value: Any) -> float:
+    number = _unit_interval(value)
+    if number >= 1.0:
+        raise ValueError(f"must be a probability in [0, 1), got {value!r}")
+    return number
+
+
+def _vary(value: Any) -> Dict[str, Tuple[float, float]]:
+    """``"spectrum=1.5:3.5[,name=low:high]"`` (or a job file's mapping) -> {name: (low, high)}."""
+    if isinstance(value, dict):
+        items = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        items = [part.split("=", 1) if "=" in part else (part, "") for part in _text(value).split(",")]
+    ranges = {}
+    for name, bounds in items:
+        low, sep, high = str(bounds).partition(":")
+        try:
+            ranges[name.strip()] = (float(low), float(high))
+        except ValueError:
+            raise ValueError(f"must be NAME=LOW:HIGH pairs separated by commas (e.g. spectrum=1.5:3.5), got "
+                             f"{value!r}") from None
+    return ranges
+
+
 def _boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -187,6 +211,68 @@ def _load_array(path: Path) -> np.ndarray:
     from .training import datasets
 
     return datasets.load_fields(path)
+
+
+def _is_array_file(text: str) -> bool:
+    """``text`` names a .npy file, an .npz file or an .npz key (``file.npz:key``)."""
+    head = text.rsplit(":", 1)[0] if ".npz:" in text else text
+    return head.lower().endswith((".npy", ".npz"))
+
+
+def _read_array_spec(text: str, flag: str) -> np.ndarray:
+    """The array of ``file.npy``, ``file.npz`` (its first array) or ``file.npz:key``."""
+    from .training import datasets
+
+    path, key = (text.rsplit(":", 1) if ".npz:" in text else (text, None))
+    try:
+        return np.asarray(datasets.load_array_file(path, key), np.float32)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{flag}: {err}") from err
+
+
+def _condition_values(text: str) -> np.ndarray:
+    """``sample --condition``: a .npy/.npz file (``file.npz:key``), or inline comma-separated
+    numbers, one vector for every sample (the pipeline repeats a (d,) condition over the batch)."""
+    if _is_array_file(text):
+        return _read_array_spec(text, "--condition")
+    try:
+        values = np.array([float(part) for part in text.split(",")], np.float32)
+    except ValueError:
+        raise UsageError(f"--condition must be a .npy/.npz file (or file.npz:key) or comma-separated numbers, got "
+                         f"{text!r}") from None
+    if not np.all(np.isfinite(values)):
+        raise UsageError(f"--condition must hold finite numbers, got {text!r}")
+    return values
+
+
+def _training_condition(text: Optional[str], data_spec: str) -> Optional[np.ndarray]:
+    """``train --condition``: a file (``file.npy``, ``file.npz[:key]``) or the name of an array in
+    the ``--data`` .npz; None leaves the data's own (an .npz's ``condition`` array)."""
+    if text is None:
+        return None
+    if _is_array_file(text):
+        return _read_array_spec(text, "--condition")
+    if str(data_spec).lower().endswith(".npz"):
+        return _read_array_spec(f"{data_spec}:{text}", "--condition")
+    raise UsageError(f"--condition must be a .npy/.npz file (or file.npz:key), or the name of an array in the --data "
+                     f".npz; got {text!r} with --data {data_spec}")
+
+
+def _conditional_unet_config(config: Dict[str, Any], data, condition_dropout: float) -> Dict[str, Any]:
+    """The small UNet, conditioned as the paired ``data`` need: a vector (N, d) through
+    UNet2DConditionModel's projection, a field (N, c, H, W) as c extra input channels, labels
+    through an embedding table with one row per label (and a last, unused row for the null label
+    when ``condition_dropout`` trains one)."""
+    config = dict(config)
+    if data.condition is not None and data.condition.ndim == 2:
+        config.update(class_embed_type="projection", projection_class_embeddings_input_dim=data.condition.shape[1])
+    elif data.condition is not None:
+        config["in_channels"] = data.sample_shape[0] + data.condition.shape[1]
+    if data.class_labels is not None:
+        if not np.issubdtype(data.class_labels.dtype, np.integer) or data.class_labels.min() < 0:
+            raise UsageError("the training labels must be ints >= 0 (class indices)")
+        config["num_class_embeds"] = int(data.class_labels.max()) + 1 + (condition_dropout > 0)
+    return config
 
 
 def _model_dir(value: Optional[str]) -> Path:
@@ -355,12 +441,18 @@ def cmd_sample(opts: argparse.Namespace) -> int:
 
 
 def _sampler_call(opts: argparse.Namespace, pipeline: str) -> Dict[str, Any]:
-    """The pipeline call's step count and DDIM eta, as ``sample`` and ``export`` take them."""
+    """The pipeline call's step count, DDIM eta, condition and guidance scale, as ``sample`` and
+    ``export`` take them."""
     call: Dict[str, Any] = {}
     if pipeline != "consistency" or opts.steps is not None:
         call["num_inference_steps"] = opts.steps or 25
     if pipeline == "ddim":
         call["eta"] = opts.eta
+    # Passed only when given, so an unconditional model samples as it always did.
+    if getattr(opts, "condition", None) is not None:
+        call["condition"] = _condition_values(opts.condition)
+    if getattr(opts, "guidance_scale", None) is not None:
+        call["guidance_scale"] = opts.guidance_scale
     return call
 
 
@@ -384,7 +476,7 @@ def _sample_job(opts: argparse.Namespace, pipe, model: Path, pipeline: str, call
     batches = shards.batch_indices(num_samples, opts.batch_size)
     start = time.perf_counter()
     own = shards.sample_batches(pipe, shards.batches_of_worker(batches, rank, workers), opts.seed,
-                                output_type="latent", **call)
+                                num_samples=num_samples, output_type="latent", **call)
     seconds = time.perf_counter() - start
     if workers == 1:
         return Tensor(own[1]), seconds, workers
@@ -465,14 +557,19 @@ def cmd_train(opts: argparse.Namespace) -> int:
 
     from .models import UNet2DModel
     from .schedulers import DDIMScheduler
-    from .training import DiffusionTrainer, dataset_from_spec, small_unet_config
+    from .training import DiffusionTrainer, FieldDataset, dataset_from_spec, small_unet_config
     from .training.datasets import IMAGE_SUFFIXES
 
-    data = dataset_from_spec(opts.data, num_samples=opts.num_samples, size=opts.resolution, seed=opts.seed)
+    data = dataset_from_spec(opts.data, num_samples=opts.num_samples, size=opts.resolution, seed=opts.seed,
+                             vary=opts.vary)
+    condition = _training_condition(opts.condition, opts.data)
+    if condition is not None:  # --condition names the condition: it replaces an .npz's own "condition" array
+        data = FieldDataset(data.data, condition=condition, class_labels=data.class_labels)
     if opts.model_config:
         config = UNet2DModel.load_config(_existing_path(opts.model_config))
     else:
         config = small_unet_config(in_channels=data.sample_shape[0], sample_size=data.sample_shape[1])
+        config = _conditional_unet_config(config, data, opts.condition_dropout)
     ms.set_seed(opts.seed)
     unet = UNet2DModel.from_config(config)
     # Fields are not bounded images: DDIM's default x0 clipping to [-1, 1] would cut their tails.
@@ -485,7 +582,7 @@ def cmd_train(opts: argparse.Namespace) -> int:
         learning_rate=opts.learning_rate, batch_size=opts.batch_size, loss=opts.loss,
         weighting=None if opts.weighting == "none" else opts.weighting,
         ema_decay=opts.ema_decay, seed=opts.seed, output_dir=opts.output, checkpoint_every=opts.checkpoint_every,
-        normalize=opts.normalize,
+        normalize=opts.normalize, condition_dropout=opts.condition_dropout,
     )
     if earlier and opts.overwrite and not opts.resume:
         for name in earlier:
@@ -731,6 +828,10 @@ COMMANDS: Tuple[Command, ...] = (
                shown_default="fitted: the batch's 0.5th percentile"),
         Option("vmax", "upper end of the PNG's colour range, in the data's units (fields only)", _number,
                shown_default="fitted: the batch's 99.5th percentile"),
+        Option("condition", "the condition of a conditional model: a .npy/.npz file (file.npz:key) of (B, d) "
+               "vectors or (B, c, H, W) fields, or comma-separated numbers (one vector for every sample)"),
+        Option("guidance_scale", "classifier-free guidance scale s (Ho & Salimans 2022): ε(∅) + s·(ε(c) − ε(∅)); "
+               "needs a model trained with --condition-dropout", _number, shown_default="1: the conditional model"),
     )),
     Command("export", "write the sampler (model, scheduler, every step) as one MindIR file", cmd_export, (
         Option("config", "YAML job file of option names (flags override its values)", in_job_file=False),
@@ -746,7 +847,8 @@ COMMANDS: Tuple[Command, ...] = (
         Option("compute_dtype", "UNet and scheduler precision", default="float32", choices=("float32", "float16")),
     )),
     Command("train", "train a UNet2DModel on fields or images", cmd_train, _common() + (
-        Option("data", "a .npy/.npz of (B, C, H, W) fields, an image folder, or synthetic:grf / synthetic:darcy",
+        Option("data", "a .npy/.npz of (B, C, H, W) fields (an .npz with 'fields' and 'condition'/'labels' arrays "
+               "is paired, conditional data), an image folder, or synthetic:grf / synthetic:darcy",
                default="synthetic:grf"),
         Option("output", "checkpoint folder (diffusers layout)", default="checkpoints"),
         Option("model_config", "UNet config.json", shown_default="a small 3-level UNet"),
@@ -768,6 +870,13 @@ COMMANDS: Tuple[Command, ...] = (
                "with the model, so sample writes the data's units (auto: only for data far from [-1, 1])",
                _auto_or_boolean, default="auto"),
         Option("seed", "random seed", _integer, default=0),
+        Option("condition", "the fields' conditions: a .npy/.npz file (file.npz:key) with one row per field, or the "
+               "name of an array in the --data .npz (replacing its 'condition' array)",
+               shown_default="the --data .npz's 'condition' array, if any"),
+        Option("vary", "synthetic data: generator parameters drawn per field and used as the condition, "
+               "NAME=LOW:HIGH[,...] (e.g. spectrum=1.5:3.5)", _vary),
+        Option("condition_dropout", "probability in [0, 1) of training a sample on the null condition (for "
+               "classifier-free guidance)", _probability_below_one, default=0.0),
     )),
     Command("evaluate", "compare generated fields with reference fields (power spectrum, histogram)",
             cmd_evaluate, _common() + (

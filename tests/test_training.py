@@ -482,3 +482,187 @@ def test_batch_order_resumes_and_shards():
         BatchOrder(4, 3, num_shards=2)
     with pytest.raises(ValueError, match="seed"):
         BatchOrder(10, 3, seed=6).load_state_dict(state)
+
+
+# ---- conditional training ------------------------------------------------------------------
+
+def tiny_conditional_unet(vector=None, field=None, num_class_embeds=None):
+    """The tiny UNet conditioned on a (B, vector) projection, a (B, field, H, W) field or labels."""
+    ms.set_seed(0)
+    extra = {}
+    if vector is not None:
+        extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=vector)
+    return UNet2DModel(
+        sample_size=8, in_channels=1 + (field or 0), out_channels=1, block_out_channels=(8,),
+        down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None, layers_per_block=1,
+        norm_num_groups=4, num_class_embeds=num_class_embeds, **extra,
+    )
+
+
+class ConditionedHalfModel(nn.Cell):
+    """model(x, t, c) = 0.5·x + 0.001·t + c_0: an open (spec-less) conditional Cell numpy can recompute."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = ms.Parameter(Tensor(np.array([0.5], np.float32)), name="scale")
+
+    def construct(self, x, t, c):
+        return self.scale * x + 0.001 * t.astype(ms.float32).reshape(-1, 1, 1, 1) + c[:, :1].reshape(-1, 1, 1, 1)
+
+
+def test_the_condition_reaches_the_model_in_the_loss():
+    """DiffusionLoss(x0, ε, t, condition) is the loss of model(x_t, t, condition), by numpy."""
+    sched = DDPMScheduler(num_train_timesteps=100)
+    rng = np.random.default_rng(0)
+    x0, eps = rng.standard_normal((2, 3, 1, 4, 4)).astype(np.float32)
+    cond = rng.standard_normal((3, 2)).astype(np.float32)
+    t = np.array([3, 50, 99], np.int32)
+    loss_net = DiffusionLoss(ConditionedHalfModel(), sched, "mse", np.ones(100, np.float32))
+    got = loss_net(Tensor(x0), Tensor(eps), Tensor(t), Tensor(cond)).asnumpy()
+    abar = sched.alphas_cumprod.astype(np.float64)[t].reshape(-1, 1, 1, 1)
+    xt = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps
+    out = 0.5 * xt + 0.001 * t.reshape(-1, 1, 1, 1) + cond[:, :1].reshape(-1, 1, 1, 1)
+    np.testing.assert_allclose(got, ((out - eps) ** 2).mean(), rtol=1e-5)
+
+
+def conditional_fields(n=24, seed=3):
+    """GRFs whose spectral slope, drawn per field, is their (N, 1) condition."""
+    return SyntheticFieldDataset("grf", num_samples=n, size=8, seed=seed, vary={"spectrum": (1.5, 3.5)})
+
+
+def test_synthetic_fields_return_their_drawn_parameters_as_the_condition():
+    data = conditional_fields()
+    assert data.condition.shape == (24, 1) and data.condition.dtype == np.float32
+    assert 1.5 <= data.condition.min() and data.condition.max() <= 3.5
+    again = conditional_fields()
+    assert np.array_equal(data.data, again.data) and np.array_equal(data.condition, again.condition)
+    # steep spectra put more power at large scales: the fields of the steepest slopes are smoother
+    order = np.argsort(data.condition[:, 0])
+    roughness = np.abs(np.diff(data.data, axis=-1)).mean(axis=(1, 2, 3)) / data.data.std(axis=(1, 2, 3))
+    assert roughness[order[:6]].mean() > roughness[order[-6:]].mean()
+    with pytest.raises(ValueError, match="vary"):
+        SyntheticFieldDataset("grf", num_samples=4, size=8, vary={"spectrum": (3.0, 2.0)})
+    with pytest.raises(ValueError, match="spectrum"):
+        SyntheticFieldDataset("grf", num_samples=4, size=8, spectrum=2.0, vary={"spectrum": (1.0, 2.0)})
+
+
+@pytest.mark.parametrize("source", ["dataset", "arrays", "npz"])
+def test_trains_on_paired_data_from_every_source(tmp_path, source):
+    """A dataset carrying its condition, in-memory arrays, and an .npz with fields + condition
+    train the same model to the same weights."""
+    data = conditional_fields()
+    trainer = DiffusionTrainer(tiny_conditional_unet(vector=1), DDPMScheduler(num_train_timesteps=100), batch_size=4,
+                               ema_decay=None, learning_rate=1e-3)
+    if source == "dataset":
+        trainer.train(data, 2)
+    elif source == "arrays":
+        trainer.train(data.data, 2, condition=data.condition[:, 0])  # (N,): one scalar per field
+    else:
+        np.savez(tmp_path / "paired.npz", fields=data.data, condition=data.condition)
+        trainer.train(str(tmp_path / "paired.npz"), 2)
+    reference = DiffusionTrainer(tiny_conditional_unet(vector=1), DDPMScheduler(num_train_timesteps=100),
+                                 batch_size=4, ema_decay=None, learning_rate=1e-3)
+    reference.train(data, 2)
+    a, b = params(trainer.model), params(reference.model)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["class_embedding.linear_1.weight"],
+                              params(tiny_conditional_unet(vector=1))["class_embedding.linear_1.weight"])
+
+
+def test_field_and_label_conditions_train(tmp_path):
+    """A field condition goes in as extra input channels; labels (from an .npz) through the embedding."""
+    data = conditional_fields()
+    coarse = data.data.reshape(24, 1, 4, 2, 4, 2).mean(axis=(3, 5)).repeat(2, axis=2).repeat(2, axis=3)
+    trainer = DiffusionTrainer(tiny_conditional_unet(field=1), DDPMScheduler(num_train_timesteps=100), batch_size=4)
+    trainer.train(data.data, 2, condition=coarse)
+    assert all(np.isfinite(v) for _, v in trainer.history)
+    labels = (data.condition[:, 0] > 2.5).astype(np.int64)
+    np.savez(tmp_path / "labelled.npz", fields=data.data, labels=labels)
+    trainer = DiffusionTrainer(tiny_conditional_unet(num_class_embeds=3), DDPMScheduler(num_train_timesteps=100),
+                               batch_size=4, condition_dropout=0.5)
+    trainer.train(tmp_path / "labelled.npz", 2)
+    assert trainer.null_condition == 2  # the last row, which the labels 0/1 leave free
+    with pytest.raises(ValueError, match="sample channels"):
+        DiffusionTrainer(tiny_conditional_unet(field=1), DDPMScheduler()).train(coarse.repeat(2, axis=1), 1,
+                                                                                 condition=coarse)
+
+
+def test_condition_dropout_nulls_a_seeded_fraction_and_resumes_exactly(tmp_path):
+    """Each sample's condition becomes the null condition (zeros) with probability p, drawn from
+    (seed, rank, step): the same rows on every run, and a resumed run equals an uninterrupted one."""
+    def make(run):
+        return DiffusionTrainer(tiny_conditional_unet(vector=2), DDPMScheduler(num_train_timesteps=100),
+                                batch_size=4, condition_dropout=0.25, output_dir=run, seed=5)
+
+    trainer = make(None)
+    cond = np.arange(1, 4001, dtype=np.float32).reshape(2000, 2)
+    got, _ = trainer._conditioning(cond, None, (2000, 1, 8, 8))
+    got = got.asnumpy()
+    dropped = np.all(got == 0, axis=1)
+    assert np.array_equal(got[~dropped], cond[~dropped])
+    assert abs(dropped.mean() - 0.25) < 0.03
+    again, _ = make(None)._conditioning(cond, None, (2000, 1, 8, 8))
+    assert np.array_equal(again.asnumpy(), got)
+
+    data = conditional_fields()
+    condition = np.concatenate([data.condition, -data.condition], axis=1)
+    straight = make(tmp_path / "a")
+    straight.train(data.data, 4, condition=condition)
+    first = make(tmp_path / "b")
+    first.train(data.data, 4, condition=condition, stop_after=2)
+    resumed = make(tmp_path / "b")
+    resumed.train(data.data, 4, condition=condition, resume_from="latest")
+    a, b = params(straight.model), params(resumed.model)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+    folder = straight.save_pretrained(tmp_path / "pipe")
+    assert json.loads((folder / "model_index.json").read_text())["_null_condition"] == "zeros"
+    plain = DiffusionTrainer(tiny_conditional_unet(vector=2), DDPMScheduler(num_train_timesteps=100), batch_size=4)
+    plain.train(data.data, 1, condition=condition)
+    index = json.loads((plain.save_pretrained(tmp_path / "p2") / "model_index.json").read_text())
+    assert "_null_condition" not in index
+
+
+@pytest.mark.parametrize("model,kwargs,train_kwargs,match", [
+    ("plain", {}, {"condition": np.ones((24, 1))}, "condition given, but UNet2DModel takes no condition"),
+    ("vector", {}, {}, r"condition must be given: this model needs a vector condition of shape \(24, 1\)"),
+    ("vector", {}, {"condition": np.ones((23, 1))}, r"condition must have one row per field \(24\)"),
+    ("vector", {}, {"condition": np.ones((24, 3))}, r"condition must have shape \(1, 1\)"),
+    ("vector", {}, {"condition": np.full((24, 1), np.nan)}, "condition contains NaN"),
+    ("labels", {}, {}, "class_labels must be given"),
+    ("labels", {"condition_dropout": 0.1}, {"class_labels": np.arange(24) % 3}, "null class label"),
+    ("labels", {}, {"class_labels": np.arange(24)}, r"class_labels must lie in \[0, 2\]"),
+])
+def test_bad_conditional_input_is_named_before_any_step(model, kwargs, train_kwargs, match):
+    unet = {"plain": tiny_unet, "vector": lambda: tiny_conditional_unet(vector=1),
+            "labels": lambda: tiny_conditional_unet(num_class_embeds=3)}[model]()
+    trainer = DiffusionTrainer(unet, DDPMScheduler(num_train_timesteps=100), batch_size=4, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        trainer.train(conditional_fields().data, 1, **train_kwargs)
+    assert trainer.step == 0
+
+
+@pytest.mark.parametrize("model,kwargs,match", [
+    ("vector", {"condition_dropout": 1.0}, r"condition_dropout must be a probability in \[0, 1\)"),
+    ("vector", {"condition_dropout": -0.1}, "condition_dropout"),
+    ("plain", {"condition_dropout": 0.1}, "condition_dropout=0.1 needs a conditional model"),
+    ("labels", {"null_class_label": 1}, "null_class_label is the label condition_dropout substitutes"),
+    ("labels", {"condition_dropout": 0.1, "null_class_label": 3}, r"null_class_label must be a row"),
+    ("vector", {"condition_dropout": 0.1, "null_class_label": 0}, "null condition is zeros"),
+])
+def test_bad_condition_dropout_options(model, kwargs, match):
+    unet = {"plain": tiny_unet, "vector": lambda: tiny_conditional_unet(vector=1),
+            "labels": lambda: tiny_conditional_unet(num_class_embeds=3)}[model]()
+    with pytest.raises(ValueError, match=match):
+        DiffusionTrainer(unet, DDPMScheduler(num_train_timesteps=100), **kwargs)
+
+
+def test_paired_data_take_one_source_of_conditions(tmp_path):
+    data = conditional_fields()
+    with pytest.raises(ValueError, match="already carries its own condition"):
+        as_dataset(data, condition=data.condition)
+    np.savez(tmp_path / "no_fields.npz", images=data.data, condition=data.condition)
+    with pytest.raises(ValueError, match="no 'fields' array"):
+        as_dataset(tmp_path / "no_fields.npz")
+    half, held = data.split(4)
+    assert np.array_equal(held.condition, data.condition[-4:]) and len(half.condition) == 20

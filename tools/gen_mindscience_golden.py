@@ -10,7 +10,11 @@ Run from the repository root: ``python tools/gen_mindscience_golden.py``. Writes
 - ``configs.json``: each model's class and constructor arguments;
 - ``loss.npz`` + ``loss.json``: ``DiffusionTrainer.get_loss`` for every objective (pred_noise /
   pred_x0 / pred_v), loss type (l1 / l2) and P2 weighting (gamma, k), on two DDPM schedules, with
-  the fixed inputs, the noised model input and the model output it saw.
+  the fixed inputs, the noised model input and the model output it saw;
+- ``loss_grad.npz`` + ``loss_grad.json``: the loss and its gradient with respect to every parameter
+  (``ms.value_and_grad`` of ``get_loss``, as a MindScience training script takes it) for a few
+  (objective, loss type, P2) cases with (B, 1) timesteps, MindScience's docstring convention: a
+  training step ports when both match.
 
 CPU workarounds:
 
@@ -115,6 +119,42 @@ def check_known_issues(cell, nets):
         print(f"rescale_betas_zero_snr=True: AttributeError: {err}")
 
 
+#: (name, schedule, objective, loss type, gamma, k) of the gradient golden values
+GRAD_CASES = [
+    ("v_l2_p2", "cosine1000", "pred_v", "l2", 1.0, 1.0),
+    ("noise_l1", "cosine1000", "pred_noise", "l1", 0.0, 1.0),
+    ("x0_l2_p2", "linear100", "pred_x0", "l2", 0.5, 2.0),
+]
+
+
+def gradient_golden(cell, nets):
+    """``ms.value_and_grad`` of MindScience's ``get_loss`` over the model's parameters, per case."""
+    arrays, cases = {}, {}
+    schedules = {name: (options, model) for name, options, model in LOSS_SCHEDULES}
+    for case, sname, objective, loss_type, gamma, k in GRAD_CASES:
+        options, model_name = schedules[sname]
+        net, cfg = nets[model_name], CONFIGS[model_name][1]
+        scheduler = cell.DDPMScheduler(**options, compute_dtype=ms.float32)
+        rng = np.random.default_rng(11)
+        x0, _, cond = inputs(cfg, rng)
+        noise = rng.standard_normal(x0.shape).astype(np.float32)
+        t = rng.integers(0, options["num_train_timesteps"], (BATCH, 1)).astype(np.int32)
+        trainer = cell.DiffusionTrainer(net, scheduler, objective=objective, p2_loss_weight_gamma=gamma,
+                                        p2_loss_weight_k=k, loss_type=loss_type)
+        args = (ms.Tensor(x0), ms.Tensor(noise), ms.Tensor(t)) + (() if cond is None else (ms.Tensor(cond),))
+        params = net.trainable_params()
+        loss, grads = ms.value_and_grad(trainer.get_loss, None, params)(*args)
+        arrays.update({f"{case}/x0": x0, f"{case}/noise": noise, f"{case}/timestep": t})
+        if cond is not None:
+            arrays[f"{case}/condition"] = cond
+        arrays.update({f"{case}/grad/{p.name}": g.asnumpy() for p, g in zip(params, grads)})
+        cases[case] = {"schedule": sname, "scheduler": options, "model": model_name, "objective": objective,
+                       "loss_type": loss_type, "p2_loss_weight_gamma": gamma, "p2_loss_weight_k": k,
+                       "loss": float(loss.asnumpy())}
+    np.savez(OUT / "loss_grad.npz", **arrays)
+    (OUT / "loss_grad.json").write_text(json.dumps(cases, indent=2, sort_keys=True) + "\n")
+
+
 def main():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(0)
@@ -170,6 +210,7 @@ def main():
         loss_values[sname] = {"scheduler": options, "model": model_name, "losses": values}
     np.savez(OUT / "loss.npz", **loss_arrays)
     (OUT / "loss.json").write_text(json.dumps(loss_values, indent=2, sort_keys=True) + "\n")
+    gradient_golden(cell, nets)
     check_known_issues(cell, nets)
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"wrote {OUT} ({total / 1e6:.2f} MB)")

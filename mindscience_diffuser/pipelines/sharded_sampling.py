@@ -92,17 +92,31 @@ def sample_generators(seed: int, indices: Sequence[int]) -> List[np.random.Gener
     return [np.random.default_rng([seed, int(i)]) for i in indices]
 
 
-def sample_batches(pipe, batches: Sequence[range], seed: int, **call) -> Tuple[np.ndarray, np.ndarray]:
+def sample_batches(pipe, batches: Sequence[range], seed: int, num_samples: Optional[int] = None,
+                   **call) -> Tuple[np.ndarray, np.ndarray]:
     """``(indices, samples)``: ``pipe(batch_size=len(b), generator=sample_generators(seed, b), **call)``
-    for each batch ``b``, concatenated as numpy (``call`` should ask for ``output_type="latent"``)."""
+    for each batch ``b``, concatenated as numpy (``call`` should ask for ``output_type="latent"``);
+    a per-sample ``condition`` in ``call`` is sliced to each batch (:func:`condition_of_batch`)."""
+    condition = call.pop("condition", None)
     indices, samples = [], []
     for batch in batches:
+        if condition is not None:
+            call["condition"] = condition_of_batch(condition, batch, num_samples)
         out = pipe(batch_size=len(batch), generator=sample_generators(seed, batch), **call).images
         samples.append(out.asnumpy() if hasattr(out, "asnumpy") else np.asarray(out))
         indices.extend(batch)
     if not samples:
         return np.zeros((0,), np.int64), None
     return np.asarray(indices, np.int64), np.concatenate(samples)
+
+
+def condition_of_batch(condition, batch: Sequence[int], num_samples: Optional[int]):
+    """The rows of a per-sample ``condition`` (at least 2-D, one row per sample of the job's
+    ``num_samples``) that ``batch`` holds; any other condition (one for every sample) as it is."""
+    array = np.asarray(condition)
+    if num_samples is not None and array.ndim >= 2 and array.shape[0] == num_samples:
+        return array[list(batch)]
+    return condition
 
 
 def job_digest(job: Mapping[str, Any]) -> str:

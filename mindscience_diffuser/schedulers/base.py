@@ -201,7 +201,8 @@ class SchedulerBase(nn.Cell, ConfigMixin):
                              f"{tuple(sample.shape)}")
 
     def _timestep_tensor(self, timestep: TimestepLike, batch: int, dtype=ms.int32) -> Tensor:
-        """A 0-d or ``(B,)`` Tensor of timesteps from a Python number, numpy value or Tensor."""
+        """A 0-d or ``(B,)`` Tensor of timesteps from a Python number, numpy value or Tensor
+        (a ``(B, 1)`` Tensor, as MindScience draws them, counts as ``(B,)``)."""
         if isinstance(timestep, bool):
             raise TypeError("timestep must be a number or a Tensor, got bool")
         if isinstance(timestep, (int, float, np.integer, np.floating)):
@@ -215,8 +216,10 @@ class SchedulerBase(nn.Cell, ConfigMixin):
                             + f"got {type(timestep).__name__}")
         if timestep.ndim == 1 and timestep.shape[0] == 1 and batch != 1:
             timestep = timestep.reshape(())  # one timestep for the whole batch, as a scalar
+        if timestep.ndim == 2 and timestep.shape[0] == batch and timestep.shape[1] == 1:
+            timestep = timestep.reshape((batch,))  # MindScience's scripts draw per-sample timesteps as (B, 1)
         if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] != batch):
-            raise ValueError(f"timestep must be a scalar, (1,) or have shape ({batch},) to match the batch, "
+            raise ValueError(f"timestep must be a scalar, (1,), ({batch},) or ({batch}, 1) to match the batch, "
                              + f"got shape {tuple(timestep.shape)}")
         return timestep.astype(dtype)
 

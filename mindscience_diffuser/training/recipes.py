@@ -3,11 +3,11 @@ for evaluation (the command line's ``train`` is :func:`mindscience_diffuser.cli.
 from __future__ import annotations
 
 import os
-from typing import Dict, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from .datasets import FieldDataset, SyntheticFieldDataset, load_fields
+from .datasets import FieldDataset, SyntheticFieldDataset, as_dataset
 
 
 def small_unet_config(in_channels: int = 1, sample_size: int = 32) -> Dict:
@@ -28,13 +28,17 @@ def small_unet_config(in_channels: int = 1, sample_size: int = 32) -> Dict:
 
 
 def dataset_from_spec(spec: Union[str, os.PathLike], num_samples: int = 2048, size: int = 32,
-                      seed: int = 0) -> FieldDataset:
-    """``"synthetic:grf"`` / ``"synthetic:darcy"`` (generated from ``seed``), or a .npy/.npz
-    file / image folder / image file read with :func:`load_fields`."""
+                      seed: int = 0, vary: Optional[Dict[str, Tuple[float, float]]] = None) -> FieldDataset:
+    """``"synthetic:grf"`` / ``"synthetic:darcy"`` (generated from ``seed``; ``vary`` draws the
+    named generator parameters per field and returns them as the condition, see
+    :class:`SyntheticFieldDataset`), or a .npy/.npz file / image folder / image file read with
+    :func:`load_fields` (an .npz with ``fields`` and ``condition``/``labels`` arrays is paired data)."""
     text = str(spec)
     if text.startswith("synthetic:"):
-        return SyntheticFieldDataset(text.split(":", 1)[1], num_samples=num_samples, size=size, seed=seed)
-    return FieldDataset(load_fields(spec), name=text)
+        return SyntheticFieldDataset(text.split(":", 1)[1], num_samples=num_samples, size=size, seed=seed, vary=vary)
+    if vary:
+        raise ValueError(f"vary draws the parameters of synthetic data, but the data are {text}")
+    return as_dataset(text)
 
 
 def generate_samples(unet, scheduler, num_samples: int, num_inference_steps: int = 20, seed: int = 0,

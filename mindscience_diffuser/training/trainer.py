@@ -6,6 +6,14 @@ weighted loss, the gradient (all-reduced across data-parallel ranks), optional g
 Adam and the EMA update. Noise and timesteps are drawn on the host from a generator keyed by
 (seed, rank, step), and the batch order is a (seed, epoch, position) triple, so a checkpoint pins
 down the rest of the run exactly: resuming reproduces the uninterrupted run's weights.
+
+Conditional models (a vector, field or label condition, see :mod:`..models.conditioning`) train on
+paired data: each batch's conditions reach the model through
+:func:`~mindscience_diffuser.models.conditioning.call_denoiser`, the call the sampling loop makes
+too. ``condition_dropout`` p replaces each sample's condition by the null condition with
+probability p (drawn from a generator keyed by (seed, rank, step), so resuming stays exact): the
+model then learns the unconditional score as well, which classifier-free guidance (Ho & Salimans
+2022) extrapolates away from: ε̃ = ε(x, ∅) + s·(ε(x, c) − ε(x, ∅)).
 """
 from __future__ import annotations
 
@@ -27,6 +35,14 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ..configuration import write_json_atomically
 from ..io_utils import atomic_folder
+from ..models.conditioning import (
+    ConditionSpec,
+    call_denoiser,
+    condition_spec,
+    null_condition_for,
+    prepare_class_labels,
+    prepare_condition,
+)
 from ..models.weights import WEIGHTS_NAME, check_state_arrays, load_model_weights, read_weights, state_arrays
 from ..normalization import DataNormalization, describe, far_from_unit_range
 from ..utils import ArgumentTypeError, check_choice, check_positive
@@ -150,18 +166,24 @@ def snr_weights(alphas_cumprod: np.ndarray, prediction_type: str, weighting: Opt
 
 
 class DiffusionLoss(nn.Cell):
-    """mean_b w(t_b) · mean(ℓ(model(x_t, t) - target)) with ℓ = square or |·|; the target
-    follows the scheduler's ``prediction_type`` (ε, x0, or v = sqrt(ᾱ)ε - sqrt(1-ᾱ)x0)."""
+    """mean_b w(t_b) · mean(ℓ(model(x_t, t[, c]) - target)) with ℓ = square or |·|; the target
+    follows the scheduler's ``prediction_type`` (ε, x0, or v = sqrt(ᾱ)ε - sqrt(1-ᾱ)x0).
 
-    def __init__(self, model: nn.Cell, scheduler, loss: str, weights: np.ndarray):
+    ``condition`` / ``class_labels`` (Tensors or None) reach the model through
+    :func:`call_denoiser`; ``field_condition`` (from the model's :class:`ConditionSpec`) says a
+    condition is a field concatenated to x_t's channels."""
+
+    def __init__(self, model: nn.Cell, scheduler, loss: str, weights: np.ndarray, field_condition: bool = False):
         super().__init__()
         self.model = model
         self.scheduler = scheduler
         self.prediction_type = scheduler.config.prediction_type
         self.use_l1 = loss == "l1"
+        self.field_condition = bool(field_condition)
         self.weights = Parameter(Tensor(weights, ms.float32), name="loss_weights", requires_grad=False)
 
-    def construct(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    def construct(self, x0: Tensor, noise: Tensor, timesteps: Tensor, condition: Optional[Tensor] = None,
+                  class_labels: Optional[Tensor] = None) -> Tensor:
         noisy = self.scheduler.add_noise(x0, noise, timesteps)
         if self.prediction_type == "epsilon":
             target = noise
@@ -169,7 +191,8 @@ class DiffusionLoss(nn.Cell):
             target = x0
         else:
             target = self.scheduler.get_velocity(x0, noise, timesteps)
-        error = self.model(noisy, timesteps).astype(ms.float32) - target.astype(ms.float32)
+        output = call_denoiser(self.model, self.field_condition, noisy, timesteps, condition, class_labels)
+        error = output.astype(ms.float32) - target.astype(ms.float32)
         error = ops.abs(error) if self.use_l1 else error * error
         per_sample = error.reshape(error.shape[0], -1).mean(axis=1)
         return (ops.gather(self.weights, timesteps, 0) * per_sample).mean()
@@ -191,8 +214,8 @@ class _TrainStep(nn.Cell):
         self.reducer = reducer
         self.has_reducer = reducer is not None
 
-    def construct(self, x0, noise, timesteps, ema_decay):
-        loss, grads = self.grad_fn(x0, noise, timesteps)
+    def construct(self, x0, noise, timesteps, ema_decay, condition=None, class_labels=None):
+        loss, grads = self.grad_fn(x0, noise, timesteps, condition, class_labels)
         if self.has_reducer:
             grads = self.reducer(grads)
         if self.clip:
@@ -280,6 +303,14 @@ class TrainerConfig:
         data_mean: per-channel mean to normalise with, in the data's units (a number or one per
             channel), instead of the one measured on the training data; needs ``data_std``.
         data_std: per-channel standard deviation (each > 0) to go with ``data_mean``.
+        condition_dropout: probability p in [0, 1) that a training sample's condition is
+            replaced by the null condition (zeros for vector and field conditions,
+            ``null_class_label`` for class labels), so that the model also learns the
+            unconditional prediction that classifier-free guidance needs (Ho & Salimans 2022,
+            who train with p = 0.1–0.2). 0 (default): always conditional.
+        null_class_label: the class label that stands for "no label" under ``condition_dropout``
+            (an int >= 0; ``None``: the last row of the embedding table, ``num_class_embeds - 1``,
+            which the training labels must then leave unused).
 
     >>> config = TrainerConfig(batch_size=8, lr_schedule="cosine", num_training_steps=100)
     >>> config.batch_size, config.hparams()["lr_schedule"]
@@ -312,6 +343,8 @@ class TrainerConfig:
     normalize: Union[bool, str] = "auto"
     data_mean: Optional[Tuple[float, ...]] = None
     data_std: Optional[Tuple[float, ...]] = None
+    condition_dropout: float = 0.0
+    null_class_label: Optional[int] = None
 
     def __post_init__(self) -> None:
         def store(name: str, value) -> None:
@@ -376,6 +409,13 @@ class TrainerConfig:
             given = DataNormalization(mean=self.data_mean, std=self.data_std)
             store("data_mean", given.mean)
             store("data_std", given.std)
+        dropout = check_positive("condition_dropout", self.condition_dropout, allow_zero=True)
+        if dropout >= 1.0:
+            raise ValueError(f"condition_dropout must be a probability in [0, 1), got {self.condition_dropout!r}")
+        store("condition_dropout", dropout)
+        if self.null_class_label is not None:
+            store("null_class_label", check_positive("null_class_label", self.null_class_label, integer=True,
+                                                     allow_zero=True))
 
     def data_normalization(self) -> Optional[DataNormalization]:
         """The statistics given as ``data_mean`` / ``data_std``, or None."""
@@ -434,6 +474,8 @@ class DiffusionTrainer:
         normalize: Union[bool, str] = "auto",
         data_mean=None,
         data_std=None,
+        condition_dropout: float = 0.0,
+        null_class_label: Optional[int] = None,
     ):
         options = dict(locals())
         if not isinstance(model, nn.Cell):
@@ -487,16 +529,47 @@ class DiffusionTrainer:
                 Parameter(Tensor(p.asnumpy()), name="ema." + key, requires_grad=False)
                 for key, p in zip(self._ema_keys, params)
             )
+        #: What the model is conditioned on (:func:`condition_spec`): decides what :meth:`train` requires.
+        self.condition_spec: ConditionSpec = condition_spec(model)
+        #: The null condition that ``condition_dropout`` trains (None without dropout); exported
+        #: pipelines record it for classifier-free guidance.
+        self.null_condition = self._null_condition()
         weights = snr_weights(scheduler.alphas_cumprod, prediction_type, config.weighting, config.min_snr_gamma,
                               config.p2_gamma, config.p2_k)
-        self.loss_net = DiffusionLoss(model, scheduler, config.loss, weights)
+        self.loss_net = DiffusionLoss(model, scheduler, config.loss, weights, self.condition_spec.field is not None)
         step_cell = _TrainStep(self.loss_net, self.optimizer, self.ema_params, config.max_grad_norm, reducer)
 
-        def compiled_step(x0, noise, timesteps, ema_decay):
-            return step_cell(x0, noise, timesteps, ema_decay)
+        def compiled_step(x0, noise, timesteps, ema_decay, condition, class_labels):
+            return step_cell(x0, noise, timesteps, ema_decay, condition, class_labels)
 
         self._step_cell = step_cell
         self._compiled_step = ms.jit(compiled_step)
+
+    def _null_condition(self):
+        """The null condition ``condition_dropout`` substitutes: an int label for a model
+        conditioned on labels only, ``"zeros"`` for vector and field conditions; None without
+        dropout. A ``ValueError`` when the model has nothing to drop or no null value."""
+        spec, config = self.condition_spec, self.config
+        if config.condition_dropout == 0:
+            if config.null_class_label is not None:
+                raise ValueError("null_class_label is the label condition_dropout substitutes: set condition_dropout")
+            return None
+        if not (spec.takes_condition or spec.takes_labels):
+            raise ValueError(f"condition_dropout={config.condition_dropout} needs a conditional model, but "
+                             f"{type(self.model).__name__} takes no condition or class labels")
+        if spec.takes_condition:
+            if config.null_class_label is not None:
+                raise ValueError("null_class_label applies to label-conditioned models; this model's null condition "
+                                 "is zeros")
+            return "zeros"
+        if spec.float_labels:
+            raise ValueError("condition_dropout needs a null class label, but this model takes float labels "
+                             "(class_embed_type='timestep'), which have none: condition it on ints")
+        label = spec.num_classes - 1 if config.null_class_label is None else config.null_class_label
+        if label >= spec.num_classes:
+            raise ValueError(f"null_class_label must be a row of the class embedding, in [0, {spec.num_classes - 1}], "
+                             f"got {label}")
+        return label
 
     # ---- one step -----------------------------------------------------------------------
 
@@ -520,12 +593,38 @@ class DiffusionTrainer:
         return learning_rate_at(self.step, c.learning_rate, c.warmup_steps, c.lr_schedule, c.num_training_steps,
                                 c.lr_decay_steps)
 
-    def train_step(self, batch) -> float:
+    def _dropped(self, batch: int) -> np.ndarray:
+        """Which samples of this step train on the null condition: a pure function of (seed, rank, step)."""
+        rng = np.random.default_rng([self.config.seed, self.rank, self.step, 2])
+        return rng.random(batch) < self.config.condition_dropout
+
+    def _conditioning(self, condition, class_labels, shape) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """The batch's condition and labels as the model takes them, checked against
+        :attr:`condition_spec`, with ``condition_dropout`` applied."""
+        spec, batch = self.condition_spec, shape[0]
+        cond = prepare_condition(spec, condition, batch, shape)
+        labels = prepare_class_labels(spec, class_labels, batch)
+        if self.null_condition is None:
+            return cond, labels
+        drop = self._dropped(batch)
+        # The same null condition the pipelines' guidance uses for its unconditional half.
+        null_cond, null_labels = null_condition_for(self.null_condition, cond, labels)
+        if cond is not None:
+            keep_shape = (-1,) + (1,) * (cond.ndim - 1)
+            cond = Tensor(np.where(drop.reshape(keep_shape), null_cond.asnumpy(), cond.asnumpy()))
+        else:
+            labels = Tensor(np.where(drop, null_labels.asnumpy(), labels.asnumpy()), ms.int32)
+        return cond, labels
+
+    def train_step(self, batch, condition=None, class_labels=None) -> float:
         """One optimizer step on ``batch`` (a (B, C, H, W) array or Tensor, in model units:
-        :meth:`train` normalises its dataset first); returns the loss."""
+        :meth:`train` normalises its dataset first) with its ``condition`` / ``class_labels``
+        (arrays or Tensors, one row per field; what the model's :attr:`condition_spec`
+        requires); returns the loss."""
         x0 = batch.asnumpy() if isinstance(batch, Tensor) else np.asarray(batch, np.float32)
         if x0.ndim != 4:
             raise ValueError(f"batch must be shaped (B, C, H, W), got shape {x0.shape}")
+        cond, labels = self._conditioning(condition, class_labels, x0.shape)
         noise, timesteps = self._draws(x0.shape[0], x0.shape[1:])
         self.optimizer.learning_rate.set_data(Tensor(self.current_learning_rate(), ms.float32))
         ema_decay = self.config.ema_decay
@@ -535,7 +634,7 @@ class DiffusionTrainer:
             stop.in_step = True
         try:
             loss = self._compiled_step(Tensor(x0.astype(np.float32)), Tensor(noise), Tensor(timesteps),
-                                       Tensor(decay, ms.float32))
+                                       Tensor(decay, ms.float32), cond, labels)
             value = float(loss.asnumpy())  # waits for the step: a signal during it is handled by now
         finally:
             if stop is not None:
@@ -549,12 +648,36 @@ class DiffusionTrainer:
 
     def _check_dataset(self, data: FieldDataset) -> None:
         in_channels = getattr(getattr(self.model, "config", None), "get", lambda *_: None)("in_channels")
-        if in_channels is not None and data.sample_shape[0] != in_channels:
-            raise ValueError(f"dataset has {data.sample_shape[0]} channels but the model's in_channels is "
-                             f"{in_channels}")
+        # A field-conditioned UNet's in_channels also count the condition's channels.
+        channels = getattr(self.model, "sample_channels", in_channels)
+        if channels is not None and data.sample_shape[0] != channels:
+            what = "sample channels (in_channels less the field condition's)" if channels != in_channels else \
+                "in_channels"
+            raise ValueError(f"dataset has {data.sample_shape[0]} channels but the model's {what} is {channels}")
+        self._check_pairing(data)
         if self.data_normalization is not None and self.data_normalization.num_channels != data.sample_shape[0]:
             raise ValueError(f"dataset has {data.sample_shape[0]} channels but the data statistics have "
                              f"{self.data_normalization.num_channels}")
+
+    def _check_pairing(self, data: FieldDataset) -> None:
+        """The dataset's condition and labels against what the model takes, before any step."""
+        spec = self.condition_spec
+        if data.condition is None and (spec.vector is not None or spec.field is not None):
+            raise ValueError(f"condition must be given: this model needs {spec.describe_condition(len(data))} "
+                             "(train(..., condition=...), or a dataset that carries one)")
+        if data.condition is not None and not spec.takes_condition:
+            raise ValueError(f"condition given, but {type(self.model).__name__} takes no condition (its "
+                             "condition_spec() has neither a vector nor a field)")
+        if data.condition is not None:
+            # The first row checks the per-sample shape (the rows are all alike by construction).
+            prepare_condition(spec, data.condition[:1], 1, (1,) + data.sample_shape)
+        if data.class_labels is None and spec.takes_labels:
+            raise ValueError("class_labels must be given: this model is class-conditional")
+        if data.class_labels is not None:
+            prepare_class_labels(spec, data.class_labels, len(data))
+            if isinstance(self.null_condition, int) and np.any(data.class_labels == self.null_condition):
+                raise ValueError(f"class_labels use {self.null_condition}, the null class label condition_dropout "
+                                 "trains: relabel the data or set null_class_label to an unused row")
 
     # ---- units ------------------------------------------------------------------------------
 
@@ -573,7 +696,7 @@ class DiffusionTrainer:
     def _model_units(self, data: FieldDataset) -> FieldDataset:
         """``data`` as the model trains on it; warns when it is far from [-1, 1] unnormalised."""
         if self.data_normalization is not None:
-            return FieldDataset(self.data_normalization.to_model_units(data.data))
+            return data.with_data(self.data_normalization.to_model_units(data.data))
         stats = DataNormalization.from_data(data.data)
         if far_from_unit_range(stats):
             warnings.warn(
@@ -590,6 +713,8 @@ class DiffusionTrainer:
         dataset,
         num_steps: int,
         *,
+        condition=None,
+        class_labels=None,
         resume_from: Optional[Union[str, os.PathLike]] = None,
         log_every: Optional[int] = None,
         callback: Optional[Callable[["DiffusionTrainer", float], None]] = None,
@@ -603,6 +728,12 @@ class DiffusionTrainer:
         in the data's units: the first call decides :attr:`data_normalization`
         (:meth:`fit_normalization`; a resumed run keeps its checkpoint's) and every batch is
         normalised with it.
+        ``condition`` / ``class_labels``: for a conditional model, the fields' conditions, one
+        row per field: (N, d) or (N,) vectors, (N, c, H, W) fields, (N,) labels. A paired
+        dataset (an ``.npz`` with ``fields`` + ``condition``/``labels``, a FieldDataset with
+        ``condition=``, ``SyntheticFieldDataset(vary=...)``) carries its own instead. Conditions
+        are passed as given, not normalised. Each batch takes the rows of its fields, and
+        ``condition_dropout`` nulls some of them (see :class:`TrainerConfig`).
         ``resume_from``: a checkpoint directory, or ``"latest"`` for the newest one in
         ``output_dir`` (a fresh start if there is none). ``callback(trainer, loss)`` runs after
         every step. ``stop_after`` / ``max_seconds``: stop early after this many steps / seconds of
@@ -617,7 +748,7 @@ class DiffusionTrainer:
         if config.lr_schedule != "constant" and num_steps > config.num_training_steps:
             raise ValueError(f"num_steps={num_steps} runs past num_training_steps={config.num_training_steps}, "
                              f"where the {config.lr_schedule} learning rate has reached 0")
-        data = as_dataset(dataset)
+        data = as_dataset(dataset, condition, class_labels)
         self._check_dataset(data)
         if resume_from is not None:
             if resume_from == "latest":
@@ -664,7 +795,8 @@ class DiffusionTrainer:
             if max_seconds is not None and time.time() - begun >= max_seconds:
                 break
             # Draw the batch only after the checks above: drawing advances the data order.
-            loss = self.train_step(data.data[self._order.next_indices()])
+            batch = data.subset(self._order.next_indices())
+            loss = self.train_step(batch.data, batch.condition, batch.class_labels)
             if callback is not None:
                 callback(self, loss)
             if log_every and self.step % log_every == 0 and self.rank == 0:
@@ -706,7 +838,9 @@ class DiffusionTrainer:
 
         :attr:`data_normalization`, when set, goes to ``model_index.json`` as
         ``"_data_normalization"`` (diffusers ignores it), so the loaded pipeline's
-        ``output_type="field"`` returns the data's units.
+        ``output_type="field"`` returns the data's units; so does :attr:`null_condition`, when
+        ``condition_dropout`` trained one, as ``"_null_condition"`` (``pipe.null_condition``:
+        classifier-free guidance needs it).
         """
         from ..pipelines.pipeline_utils import save_pipeline_folder
 
@@ -732,7 +866,8 @@ class DiffusionTrainer:
                 "the normalised data have unit standard deviation: it would cut the fields' tails. Ship a scheduler "
                 "with clip_sample=False (and thresholding=False) through scheduler=.", UserWarning, stacklevel=2)
         model = self.ema_model() if use_ema else self.model
-        return save_pipeline_folder(directory, pipeline_class, {"unet": model, "scheduler": scheduler}, norm)
+        return save_pipeline_folder(directory, pipeline_class, {"unet": model, "scheduler": scheduler}, norm,
+                                    null_condition=self.null_condition)
 
     # ---- checkpoints ------------------------------------------------------------------------
 

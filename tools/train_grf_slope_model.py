@@ -1,0 +1,295 @@
+"""Train, export and evaluate the shipped conditional model (``mindscience_diffuser/grf_slope_model``):
+32×32 one-channel Gaussian random fields conditioned on their spectral slope α, P(k) ∝ k^-α.
+
+    python tools/train_grf_slope_model.py train [--minutes 60] [--run-dir DIR]   # resumable
+    python tools/train_grf_slope_model.py export [--run-dir DIR]                  # newest checkpoint's EMA -> package
+    python tools/train_grf_slope_model.py evaluate [--samples 96] [--write]       # per-α table + plot
+
+The conditional law is known exactly: given α, a field is the Gaussian
+f = IFFT(sqrt(P_α(|k|)) · FFT(w)) · std/σ_α with white noise w, so its expected radial spectrum
+is P_α on the grid times the scale (no sampling error at all). ``evaluate`` measures, at each α
+of ``EVAL_ALPHAS`` (the training α are drawn uniformly from [1.5, 3.5], so no tested value is on
+any grid: every one is "held out", and 1.5 / 3.5 are the range's ends):
+
+- the spectrum error mean_k |P_gen(k) − P_α(k)| / P_α(k) against the exact spectrum, and against
+  a finite set of true fields at the same α;
+- the same error of a second true set against the exact spectrum and against the first true set
+  (the floor: what a perfect sampler scores with this many fields);
+- the fitted slope α̂ of the generated fields (and of a true set) against the requested α: the α
+  whose exact spectrum best fits the measured one in log space (free amplitude), and, for
+  reference, the plain log-log regression slope over k = 2..12 of the generated fields and of the
+  exact spectrum (biased by the grid's shell averaging, so the two are compared with each other).
+
+Everything is seeded: the data (seed 0), the UNet init (ms.set_seed(0)), the batch order and every
+noise/timestep/dropout draw (trainer seed 0), the evaluation noise (seed 0 + index of α).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mindscience_diffuser import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler  # noqa: E402
+from mindscience_diffuser.models import UNet2DModel  # noqa: E402
+from mindscience_diffuser.training import (  # noqa: E402
+    DiffusionTrainer,
+    SyntheticFieldDataset,
+    fit_power_law_exponent,
+    gaussian_random_field,
+    latest_checkpoint,
+    power_law_grf_spectrum,
+    radial_power_spectrum,
+    small_unet_config,
+)
+
+PACKAGE_MODEL = ROOT / "mindscience_diffuser" / "grf_slope_model"
+DOCS = ROOT / "docs"
+
+SIZE, STD = 32, 0.3
+ALPHA_RANGE = (1.5, 3.5)
+NUM_TRAIN, TRAIN_SEED = 8192, 0
+EVAL_ALPHAS = (1.5, 1.83, 2.2, 2.5, 2.91, 3.22, 3.5)
+FIT_K = (2, 12)  # the wavenumbers of the slope fit: k = 1 is one noisy shell, k > 12 the grid's corners
+TRUE_SEEDS = (101, 202)  # two sets of true fields per α: the reference and the floor
+# Noise schedule, prediction type and sampler as the default model (tools/train_default_model.py).
+SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                 clip_sample=False)
+SAMPLER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+               algorithm_type="dpmsolver++", solver_order=2, use_lu_lambdas=True)
+SAMPLE_STEPS = 25
+# The default model's recipe (warm-up, constant 1e-3, cosine decay over the last LR_DECAY_STEPS,
+# min-SNR weights, EMA), fewer steps for the 2 shared cores, and condition dropout 0.1 so that the
+# model learns the unconditional prediction too (classifier-free guidance, Ho & Salimans 2022).
+STEPS = 1000
+LR_DECAY_STEPS = 400
+TRAINER = dict(learning_rate=1e-3, batch_size=16, loss="mse", weighting="min_snr", min_snr_gamma=5.0,
+               ema_decay=0.995, warmup_steps=50, max_grad_norm=1.0, seed=0,
+               lr_schedule="cosine", num_training_steps=STEPS, lr_decay_steps=LR_DECAY_STEPS,
+               condition_dropout=0.1)
+CHECKPOINT_EVERY = 25
+INIT_SEED = 0
+
+
+def unet_config() -> dict:
+    """The default model's UNet with UNet2DConditionModel's vector projection of α."""
+    config = small_unet_config(in_channels=1, sample_size=SIZE)
+    config.update(class_embed_type="projection", projection_class_embeddings_input_dim=1)
+    return config
+
+
+def build_trainer(run_dir: Path) -> DiffusionTrainer:
+    ms.set_seed(INIT_SEED)
+    return DiffusionTrainer(UNet2DModel(**unet_config()), DDIMScheduler(**SCHEDULER), output_dir=run_dir,
+                            checkpoint_every=CHECKPOINT_EVERY, keep_checkpoints=3, **TRAINER)
+
+
+def cmd_train(args) -> None:
+    data = SyntheticFieldDataset("grf", num_samples=NUM_TRAIN, size=SIZE, seed=TRAIN_SEED, std=STD,
+                                 vary={"spectrum": ALPHA_RANGE})
+    trainer = build_trainer(args.run_dir)
+    begun = time.time()
+    trainer.train(data, STEPS, resume_from="latest", log_every=10, max_seconds=args.minutes * 60)
+    print(f"stopped at step {trainer.step} after {(time.time() - begun) / 60:.1f} min", flush=True)
+    cmd_export(args, trainer)
+
+
+def cmd_export(args, trainer: DiffusionTrainer = None) -> None:
+    if trainer is None:
+        trainer = build_trainer(args.run_dir)
+        checkpoint = latest_checkpoint(args.run_dir)
+        if checkpoint is None:
+            raise SystemExit(f"no checkpoint in {args.run_dir}")
+        trainer.load_checkpoint(checkpoint)
+    trainer.save_pretrained(PACKAGE_MODEL, use_ema=True, pipeline_class="DPMSolverPipeline",
+                            scheduler=DPMSolverMultistepScheduler(**SAMPLER))
+    print(f"exported step {trainer.step} (EMA weights) to {PACKAGE_MODEL}", flush=True)
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+def exact_spectrum(alpha: float) -> np.ndarray:
+    """E[P̂(k)] of the training fields at slope α (no sampling error)."""
+    return power_law_grf_spectrum(alpha, SIZE, STD)
+
+
+def regression_slope(spectrum: np.ndarray) -> float:
+    """−(least-squares slope of log P on log k) over k in FIT_K: the textbook power-law fit. On this
+    grid it reads the exact spectrum of slope α as α − 0.04 … α − 0.09 (shell averaging at small k,
+    the square grid at large k), so it is reported next to the exact spectrum's own value."""
+    k = np.arange(1, len(spectrum) + 1)
+    keep = (k >= FIT_K[0]) & (k <= FIT_K[1])
+    return float(-np.polyfit(np.log(k[keep]), np.log(spectrum[keep]), 1)[0])
+
+
+def fitted_slope(spectrum: np.ndarray) -> float:
+    """The α whose exact shell-averaged spectrum best fits ``spectrum`` (free amplitude; unbiased)."""
+    return fit_power_law_exponent(spectrum, std=STD)
+
+
+def relative_error(spectrum: np.ndarray, reference: np.ndarray) -> float:
+    """mean_k |P(k) − P_ref(k)| / P_ref(k): evaluation.spectrum_relative_error on spectra."""
+    return float(np.mean(np.abs(spectrum - reference) / reference))
+
+
+def true_fields(alpha: float, n: int, seed: int) -> np.ndarray:
+    return gaussian_random_field(n, SIZE, spectrum=alpha, std=STD, generator=seed)
+
+
+def conditional_samples(pipe, alpha: float, n: int, steps: int, seed: int, batch: int) -> np.ndarray:
+    """``n`` fields at slope α from the pipeline (``condition=[α]``, guidance scale 1), in data units."""
+    rng = np.random.default_rng(seed)
+    chunks, done = [], 0
+    while done < n:
+        size = min(batch, n - done)
+        chunks.append(pipe(batch_size=size, generator=rng, num_inference_steps=steps, condition=[alpha],
+                           output_type="field").images.asnumpy())
+        done += size
+    return np.concatenate(chunks)
+
+
+def measure(pipe, samples: int, steps: int, batch: int) -> list:
+    rows = []
+    for index, alpha in enumerate(EVAL_ALPHAS):
+        begun = time.time()
+        generated = radial_power_spectrum(conditional_samples(pipe, alpha, samples, steps, index, batch))[1]
+        seconds = time.time() - begun
+        exact = exact_spectrum(alpha)
+        reference, second = (radial_power_spectrum(true_fields(alpha, samples, seed * 100 + index))[1]
+                             for seed in TRUE_SEEDS)
+        rows.append(dict(
+            alpha=alpha,
+            spectrum_error_vs_exact=relative_error(generated, exact),
+            spectrum_error_vs_true_set=relative_error(generated, reference),
+            floor_true_set_vs_exact=relative_error(second, exact),
+            floor_true_set_vs_true_set=relative_error(second, reference),
+            slope_generated=fitted_slope(generated),
+            slope_true_set=fitted_slope(second),
+            regression_slope_generated=regression_slope(generated),
+            regression_slope_exact=regression_slope(exact),
+            seconds=round(seconds, 1),
+            k=list(range(1, len(exact) + 1)),
+            spectrum_generated=generated.tolist(),
+            spectrum_exact=exact.tolist(),
+        ))
+        row = rows[-1]
+        print(f"alpha {alpha:.2f}: error {100 * row['spectrum_error_vs_exact']:.1f}% vs exact, "
+              f"{100 * row['spectrum_error_vs_true_set']:.1f}% vs true set (floor "
+              f"{100 * row['floor_true_set_vs_exact']:.1f}% / {100 * row['floor_true_set_vs_true_set']:.1f}%); slope "
+              f"{row['slope_generated']:.3f} (true set {row['slope_true_set']:.3f}; regression "
+              f"{row['regression_slope_generated']:.3f}, exact {row['regression_slope_exact']:.3f}); "
+              f"{seconds:.0f} s", flush=True)
+    return rows
+
+
+def table(rows: list, samples: int, steps: int) -> str:
+    lines = [
+        "| α | spectrum error vs exact | vs a true set | floor: true set vs exact | floor: two true sets | "
+        "fitted slope α̂ | slope error α̂ − α | α̂ of a true set | log-log regression slope: generated / exact |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['alpha']:.2f} | {100 * r['spectrum_error_vs_exact']:.1f}% "
+            f"| {100 * r['spectrum_error_vs_true_set']:.1f}% "
+            f"| {100 * r['floor_true_set_vs_exact']:.1f}% | {100 * r['floor_true_set_vs_true_set']:.1f}% "
+            f"| {r['slope_generated']:.3f} | {r['slope_generated'] - r['alpha']:+.3f} | {r['slope_true_set']:.3f} "
+            f"| {r['regression_slope_generated']:.3f} / {r['regression_slope_exact']:.3f} |")
+    lines.append(f"\n{samples} generated and {samples} true fields per α, {steps} DPM-Solver++(2M) steps, "
+                 "guidance scale 1.")
+    return "\n".join(lines)
+
+
+def plot(rows: list, path: Path) -> None:
+    """Left: exact spectra (lines) and generated ones (dots) per α, log-log. Right: fitted slope
+    of the generated fields against the requested α (the diagonal is perfect)."""
+    from PIL import Image, ImageDraw
+
+    width, height, pad = 980, 420, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127)]
+
+    def frame(x0, x1, title, xlabel, ylabel):
+        draw.rectangle([x0, pad, x1, height - pad], outline="black")
+        draw.text((x0, 8), title, fill="black")
+        draw.text(((x0 + x1) // 2 - 60, height - 20), xlabel, fill="black")
+        draw.text((x0 - 40, pad - 16), ylabel, fill="black")
+
+    def mapper(box, xr, yr):
+        x0, x1 = box
+        return lambda x, y: (x0 + (x - xr[0]) / (xr[1] - xr[0]) * (x1 - x0),
+                             height - pad - (y - yr[0]) / (yr[1] - yr[0]) * (height - 2 * pad))
+
+    left = (pad + 10, 560)
+    logk = np.log10(np.asarray(rows[0]["k"], np.float64))
+    logs = np.log10(np.concatenate([r["spectrum_exact"] + r["spectrum_generated"] for r in rows]))
+    to_px = mapper(left, (logk.min() - 0.05, logk.max() + 0.05), (logs.min() - 0.2, logs.max() + 0.2))
+    frame(*left, "radial spectrum: exact (line) and generated (dots)", "log10 k", "log10 P")
+    for colour, r in zip(colours, rows):
+        draw.line([to_px(x, y) for x, y in zip(logk, np.log10(r["spectrum_exact"]))], fill=colour, width=2)
+        for x, y in zip(logk, np.log10(r["spectrum_generated"])):
+            px, py = to_px(x, y)
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], outline=colour)
+        lx, ly = to_px(logk.max() - 0.25, logs.max() + 0.1)
+        draw.text((left[1] - 90, pad + 8 + 14 * rows.index(r)), f"alpha {r['alpha']:.2f}", fill=colour)
+    right = (640, width - 20)
+    span = (ALPHA_RANGE[0] - 0.2, ALPHA_RANGE[1] + 0.2)
+    to_px = mapper(right, span, span)
+    frame(*right, "fitted slope of generated fields", "requested alpha", "fitted")
+    draw.line([to_px(*span[:1] * 2), to_px(span[1], span[1])], fill=(160, 160, 160), width=1)
+    for tick in np.arange(1.5, 3.51, 0.5):
+        x, y = to_px(tick, span[0])
+        draw.text((x - 8, y + 4), f"{tick:.1f}", fill="black")
+        x, y = to_px(span[0], tick)
+        draw.text((x - 28, y - 6), f"{tick:.1f}", fill="black")
+    for colour, r in zip(colours, rows):
+        px, py = to_px(r["alpha"], r["slope_generated"])
+        draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
+    image.save(path, format="PNG")
+
+
+def cmd_evaluate(args) -> None:
+    ms.set_context(mode=ms.GRAPH_MODE)
+    pipe = DiffusionPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    rows = measure(pipe, args.samples, args.steps, args.batch)
+    text = table(rows, args.samples, args.steps)
+    print(text, flush=True)
+    if args.write:
+        (DOCS / "grf_slope_model_metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
+        plot(rows, DOCS / "grf_slope_model.png")
+        print("wrote docs/grf_slope_model_metrics.json and docs/grf_slope_model.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train")
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--run-dir", type=Path, default=Path("/tmp/msd_grf_slope_run"))
+    p.set_defaults(handler=cmd_train)
+    p = sub.add_parser("export")
+    p.add_argument("--run-dir", type=Path, default=Path("/tmp/msd_grf_slope_run"))
+    p.set_defaults(handler=cmd_export)
+    p = sub.add_parser("evaluate")
+    p.add_argument("--model", default=str(PACKAGE_MODEL))
+    p.add_argument("--samples", type=int, default=96, help="generated (and true) fields per alpha")
+    p.add_argument("--steps", type=int, default=SAMPLE_STEPS)
+    p.add_argument("--batch", type=int, default=96)
+    p.add_argument("--write", action="store_true", help="write the metrics JSON and the plot into docs/")
+    p.set_defaults(handler=cmd_evaluate)
+    args = parser.parse_args()
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
