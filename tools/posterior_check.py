@@ -200,14 +200,17 @@ DENOISERS = {"exact": exact_pipeline, "shipped": shipped_pipeline}
 
 
 # -- the check ------------------------------------------------------------------------------------
-def evaluate(methods: Dict[str, Method], sample_counts: Dict[str, int], seed: int) -> List[dict]:
+def evaluate(methods: Dict[str, Method], sample_counts: Dict[str, int], seed: int, patterns=None) -> List[dict]:
     """Score every method on every pattern with every denoiser; ``sample_counts`` maps each
-    denoiser to use ("exact", "shipped") to its number of samples per row."""
+    denoiser to use ("exact", "shipped") to its number of samples per row; ``patterns``: the
+    indices (0, 1, 2) of the patterns to run, all by default."""
     truth = gaussian_random_field(1, generator=TRUTH_SEED, **FIELD_KWARGS).astype(np.float64)
     normalization = shipped_data_normalization()
     if normalization is not None:  # observations and samples live in the model's units
         truth = normalization.to_model_units(truth).astype(np.float64)
     problems = build_problems(truth)
+    if patterns is not None:
+        problems = [problems[k] for k in patterns]
     pipes = {name: DENOISERS[name]() for name in sample_counts}
     for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
@@ -289,13 +292,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=None, help="default: all")
     parser.add_argument("--seed", type=int, default=0, help="seed of every method's generator")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--patterns", type=int, nargs="+", choices=(0, 1, 2), default=None,
+                        help="only these patterns (0: random pixels, 1: block averages, 2: left half); default: all")
     args = parser.parse_args()
     ms.set_context(mode=ms.GRAPH_MODE)
     global NUM_INFERENCE_STEPS
     NUM_INFERENCE_STEPS = args.steps
     methods = {name: METHODS[name] for name in (args.methods or METHODS)}
     counts = {"exact": args.num_samples, "shipped": args.num_samples_shipped}
-    rows = evaluate(methods, {name: counts[name] for name in args.denoisers}, args.seed)
+    rows = evaluate(methods, {name: counts[name] for name in args.denoisers}, args.seed, args.patterns)
     print(markdown_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
