@@ -45,14 +45,22 @@ def conjugate_gradient(matvec, b: Tensor, iterations: int) -> Tensor:
     """u ≈ M⁻¹ b for a symmetric positive definite M given as ``matvec``, by ``iterations`` steps
     of conjugate gradients (Hestenes & Stiefel 1952), independently per sample (inner products
     over the non-batch axes). A fixed count, unrolled: the compiled graph has no data-dependent
-    trip count, and a few steps suffice for the well-conditioned σ_y² I + A C Aᵀ systems here."""
+    trip count, and a few steps suffice for the well-conditioned σ_y² I + A C Aᵀ systems here.
+
+    Safeguarded as truncated CG (Steihaug 1983): a sample whose search direction meets
+    non-positive curvature dᵀMd ≤ 0 keeps its current iterate from then on. MMPS's M contains a
+    learned denoiser's Jacobian, which need not be symmetric positive definite (with the shipped
+    model, unguarded CG divided by such curvatures and returned NaN)."""
     u = ops.zeros_like(b)
     residual = b
     direction = b
     rr = _per_sample_sum(residual * residual)
+    active = ops.ones_like(rr)
     for _ in range(iterations):
         m_direction = matvec(direction)
-        step = rr / ops.maximum(_per_sample_sum(direction * m_direction), 1e-30)
+        curvature = _per_sample_sum(direction * m_direction)
+        active = active * (curvature > 0).astype(rr.dtype)
+        step = active * rr / ops.maximum(ops.abs(curvature), 1e-30)
         u = u + step * direction
         residual = residual - step * m_direction
         rr_next = _per_sample_sum(residual * residual)
