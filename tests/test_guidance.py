@@ -316,3 +316,18 @@ def test_guidance_without_observation_and_resampling_a_multistep_solver_are_refu
         pipe(batch_size=1, num_inference_steps=3, observation=np.zeros((1, 1, SIZE, SIZE)), guidance="dps")
     with pytest.raises(ValueError, match="jump_length"):
         Replace(jump_length=0)
+
+
+def test_conjugate_gradient_solves_spd_systems_and_stays_finite_on_indefinite_ones():
+    from mindscience_diffuser.guidance import conjugate_gradient
+
+    rng = np.random.default_rng(0)
+    root = rng.standard_normal((6, 6))
+    spd, indefinite = root @ root.T + 6 * np.eye(6), np.diag([1.0, -2.0, 3.0, -4.0, 5.0, 0.5])
+    b = rng.standard_normal((2, 6))
+    for matrix, exact in ((spd, True), (indefinite, False)):
+        m = Tensor(matrix.astype(np.float32))
+        u = conjugate_gradient(lambda v, m=m: ops.matmul(v, m), Tensor(b.astype(np.float32)), 6).asnumpy()
+        assert np.isfinite(u).all()
+        if exact:
+            np.testing.assert_allclose(u, np.linalg.solve(matrix, b.T).T, rtol=1e-3, atol=1e-4)
