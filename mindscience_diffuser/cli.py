@@ -905,6 +905,95 @@ COMMANDS: Tuple[Command, ...] = (
 )
 
 
+# ----------------------------------------------------------------------------- assimilate (issue 12)
+
+def _posterior_png(path, panels: np.ndarray, std: np.ndarray, scale: int = 4) -> None:
+    """``panels`` (truth, observations, mean, samples; (K, C, H, W), the data's units, one colour
+    bar) beside the posterior ``std`` (its own colour bar), as one PNG."""
+    import io
+
+    from PIL import Image
+
+    from . import imaging
+
+    pictures = []
+    for fields in (panels, std[None]):
+        buffer = io.BytesIO()
+        imaging.save_field_png(buffer, fields, scale=scale)
+        buffer.seek(0)
+        pictures.append(Image.open(buffer).convert("RGB"))
+    canvas = Image.new("RGB", (sum(p.width for p in pictures) + 8, max(p.height for p in pictures)), "white")
+    canvas.paste(pictures[0], (0, 0))
+    canvas.paste(pictures[1], (pictures[0].width + 8, 0))
+    canvas.save(path, format="PNG")
+
+
+def cmd_assimilate(opts: argparse.Namespace) -> int:
+    """Posterior samples given observations (``Observation.from_npz``: values in the model's
+    units, a mask, noise_std), by one of mindscience_diffuser.guidance's methods."""
+    _set_mode(opts.mode)
+    from .guidance import METHODS
+    from .observations import Observation
+
+    model = _model_dir(opts.model)
+    output, plot = _check_output(opts.output, "--output"), _check_output(opts.plot, "--plot")
+    if output.suffix != ".npz":
+        raise UsageError(f"--output {output} must end in .npz (it holds samples, mean and std)")
+    if opts.method not in METHODS:
+        raise UsageError(f"--method must be one of {sorted(METHODS)}, got {opts.method!r}")
+    observation = Observation.from_npz(_existing_path(opts.observations))
+    truth = _load_array(_existing_path(opts.truth)) if opts.truth else None
+    pipeline = _model_pipeline(model)
+    _check_model_kind(model, pipeline)
+    pipe = _build_pipeline(model, pipeline, "float32")
+    pipe.set_progress_bar_config(disable=opts.quiet)
+    kwargs: Dict[str, Any] = {"batch_size": opts.num_samples, "generator": opts.seed, "output_type": "latent",
+                              "observation": observation, "guidance": opts.method}
+    if pipeline != "consistency" or opts.steps is not None:
+        kwargs["num_inference_steps"] = opts.steps or 25
+    start = time.perf_counter()
+    samples = pipe(**kwargs).images
+    seconds = time.perf_counter() - start
+    fields = pipe._convert_output(samples, "field").asnumpy()  # the data's units, as `sample --save-npy`
+    mean, std = fields.mean(axis=0), fields.std(axis=0, ddof=1) if len(fields) > 1 else np.zeros(fields.shape[1:])
+
+    def write_npz(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz" to the name
+            np.savez(handle, samples=fields, mean=mean, std=std)
+
+    writes = [(output, write_npz)]
+    if plot:
+        observed = pipe.to_data_units(observation.values_array)[0]
+        shown = np.where(observation.operator.full_mask(observed.shape) > 0, observed, np.nan)
+        panels = [shown, mean] + list(fields[:4])
+        if truth is not None:
+            panels = [np.asarray(truth, np.float64).reshape(mean.shape)] + panels
+        writes.append((plot, lambda tmp: _posterior_png(tmp, np.stack(panels), std)))
+    _write_all(writes)
+    print(f"wrote {output} ({len(fields)} posterior samples, {opts.method}, {kwargs.get('num_inference_steps', 1)} "
+          f"steps, {seconds:.1f} s)" + (f" and {plot}" if plot else ""))
+    return 0
+
+
+COMMANDS = COMMANDS + (
+    Command("assimilate", "posterior samples given observations (inverse problems, data assimilation)",
+            cmd_assimilate, _common() + (
+        Option("model", "pipeline folder (diffusers layout)", shown_default="the shipped field model"),
+        Option("observations", ".npz with values (one sample's shape, the model's units), mask (1 where observed) "
+               "and noise_std", required=True),
+        Option("method", "posterior-sampling method (see docs/inverse_problems.md)", default="dps",
+               choices=("dps", "mmps", "pigdm", "replace")),
+        Option("num_samples", "posterior samples", _positive_int, default=16),
+        Option("steps", "inference steps", _positive_int, shown_default="25; consistency: 1"),
+        Option("seed", "random seed", _integer, default=0),
+        Option("output", ".npz path: samples (N, C, H, W), mean and std, in the data's units",
+               default="posterior.npz"),
+        Option("plot", "also write a PNG: truth (if given), observations, mean, samples, and the std"),
+        Option("truth", ".npy/.npz of the true field (data units), shown first in --plot"),
+    )),
+)
+
+
 def _command(name: str) -> Command:
     return next(command for command in COMMANDS if command.name == name)
 

@@ -205,6 +205,10 @@ ARGUMENTS: Dict[str, str] = {
         "classifier-free guidance: the model sees the batch with the condition and with the null condition in one "
         "call, and the two predictions are combined with ``guidance_scale``."
     ),
+    "guide": (
+        "observation guidance: a :class:`~mindscience_diffuser.guidance.Guidance` attached to its observation "
+        "(DPS, ΠGDM, MMPS, replacement), whose pieces run after the model call and after the update; None: none."
+    ),
     # --- output dataclasses
     "prev_sample": "the sample at the previous (less noisy) timestep, x_{t−1}; the input of the next step.",
     "pred_original_sample": "the model's estimate of the clean sample x̂0 at this step (``None`` if not computed).",

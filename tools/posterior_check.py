@@ -40,10 +40,16 @@ sys.path.insert(0, str(ROOT))
 
 import train_default_model as recipe  # noqa: E402
 
-from mindscience_diffuser import DEFAULT_MODEL_PATH, DiffusionPipeline, DPMSolverMultistepScheduler  # noqa: E402
+from mindscience_diffuser import (  # noqa: E402
+    DEFAULT_MODEL_PATH,
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+)
+from mindscience_diffuser.guidance import DPS, MMPS, Replace  # noqa: E402
 from mindscience_diffuser.normalization import MODEL_INDEX_KEY, DataNormalization  # noqa: E402
 from mindscience_diffuser.observations import BlockAverage, MaskOperator, Observation  # noqa: E402
-from mindscience_diffuser.pipelines import DPMSolverPipeline  # noqa: E402
+from mindscience_diffuser.pipelines import DDIMPipeline, DPMSolverPipeline  # noqa: E402
 from mindscience_diffuser.training.fields import gaussian_random_field  # noqa: E402
 from mindscience_diffuser.training.posterior import (  # noqa: E402
     GaussianFieldPrior,
@@ -98,15 +104,43 @@ def unconditional_samples(observation: Observation, pipe, num_samples: int, gene
 unconditional_samples.needs_observation = False
 
 
-#: The registration point. Loop-based methods are added here once the pipelines take an
-#: observation, e.g.
-#:     METHODS["DPS (ζ = 1)"] = lambda obs, pipe, n, gen: pipe(
-#:         batch_size=n, generator=gen, num_inference_steps=NUM_INFERENCE_STEPS, observation=obs,
-#:         guidance="dps", output_type="latent").images.asnumpy()
-#: Each row of the table is one (pattern, method, denoiser).
+def guided(guidance, one_step_scheduler: bool = False) -> Method:
+    """A loop-based method: the pipeline's posterior samples with ``guidance`` (a name or a
+    configured object of mindscience_diffuser.guidance); ``one_step_scheduler``: run it with DDIM
+    on the same schedule and model instead of the multistep DPM-Solver (RePaint's jumps need a
+    scheduler without history)."""
+    def method(observation: Observation, pipe, num_samples: int, generator) -> np.ndarray:
+        if one_step_scheduler:
+            pipe = ddim_twin(pipe)
+        return pipe(batch_size=num_samples, generator=generator, num_inference_steps=NUM_INFERENCE_STEPS,
+                    observation=observation, guidance=guidance, output_type="latent").images.asnumpy()
+
+    return method
+
+
+_DDIM_TWINS: Dict[int, DDIMPipeline] = {}
+
+
+def ddim_twin(pipe) -> DDIMPipeline:
+    """A DDIM pipeline with ``pipe``'s model and schedule (kept, so its loops compile once)."""
+    if id(pipe) not in _DDIM_TWINS:
+        twin = DDIMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
+        twin.set_progress_bar_config(disable=True)
+        _DDIM_TWINS[id(pipe)] = twin
+    return _DDIM_TWINS[id(pipe)]
+
+
+#: The registration point: each row of the table is one (pattern, method, denoiser). A method
+#: that refuses a pattern (a ValueError: e.g. replacement of noisy data, a Gaussian likelihood
+#: for noise-free data) gets a row saying so.
 METHODS: Dict[str, Method] = {
     "exact posterior samples (floor)": exact_posterior_samples,
     "unconditional (ignores y: must fail)": unconditional_samples,
+    "replace": guided("replace"),
+    "RePaint (DDIM, j = 5, r = 4)": guided(Replace(jump_length=5, resample_count=4), one_step_scheduler=True),
+    "DPS (ζ = 1)": guided(DPS(step_size=1.0)),
+    "ΠGDM": guided("pigdm"),
+    "MMPS (3 CG steps)": guided(MMPS(cg_iterations=3)),
 }
 #: The number of sampler steps every loop-based method uses (--steps).
 NUM_INFERENCE_STEPS = recipe.SAMPLE_STEPS
@@ -166,14 +200,17 @@ DENOISERS = {"exact": exact_pipeline, "shipped": shipped_pipeline}
 
 
 # -- the check ------------------------------------------------------------------------------------
-def evaluate(methods: Dict[str, Method], sample_counts: Dict[str, int], seed: int) -> List[dict]:
+def evaluate(methods: Dict[str, Method], sample_counts: Dict[str, int], seed: int, patterns=None) -> List[dict]:
     """Score every method on every pattern with every denoiser; ``sample_counts`` maps each
-    denoiser to use ("exact", "shipped") to its number of samples per row."""
+    denoiser to use ("exact", "shipped") to its number of samples per row; ``patterns``: the
+    indices (0, 1, 2) of the patterns to run, all by default."""
     truth = gaussian_random_field(1, generator=TRUTH_SEED, **FIELD_KWARGS).astype(np.float64)
     normalization = shipped_data_normalization()
     if normalization is not None:  # observations and samples live in the model's units
         truth = normalization.to_model_units(truth).astype(np.float64)
     problems = build_problems(truth)
+    if patterns is not None:
+        problems = [problems[k] for k in patterns]
     pipes = {name: DENOISERS[name]() for name in sample_counts}
     for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
@@ -190,7 +227,14 @@ def evaluate(methods: Dict[str, Method], sample_counts: Dict[str, int], seed: in
                 key = (method_name, denoiser_name, num_samples)
                 if key not in cache:
                     begun = time.time()
-                    samples = method(problem.observation, pipe, num_samples, np.random.default_rng(seed))
+                    try:
+                        samples = method(problem.observation, pipe, num_samples, np.random.default_rng(seed))
+                    except ValueError as err:
+                        print(f"  {problem.name} | {method_name} | {denoiser_name}: refused: {err}", file=sys.stderr,
+                              flush=True)
+                        rows.append(dict(pattern=problem.name, method=method_name, denoiser=denoiser_name,
+                                         num_samples=num_samples, refused=str(err)))
+                        continue
                     seconds = time.time() - begun
                     print(f"  {problem.name} | {method_name} | {denoiser_name}: {seconds:.1f} s", file=sys.stderr,
                           flush=True)
@@ -199,6 +243,9 @@ def evaluate(methods: Dict[str, Method], sample_counts: Dict[str, int], seed: in
                 else:
                     samples, seconds = cache[key]
                 figures = calibration_metrics(np.asarray(samples), problem.posterior, truth=truth[0])
+                print(f"    mean error {figures['mean_error']:.3f}, variance ratio {figures['variance_ratio']:.3f}, "
+                      f"in exact 90% {figures['samples_in_exact_interval']:.3f}, truth cov. "
+                      f"{figures['truth_coverage']:.3f}", file=sys.stderr, flush=True)
                 rows.append(dict(pattern=problem.name, method=method_name, denoiser=denoiser_name,
                                  seconds_per_sample=seconds / num_samples, **figures))
         floor = calibration_floor(problem.posterior, reference_count, generator=seed + 1)
@@ -217,13 +264,18 @@ def markdown_table(rows: List[dict]) -> str:
             floors.append(f"{row['pattern']}: {row['two_set_mean_error']:.3f}")
             continue
         n = row["num_samples"]
+        if "refused" in row:
+            reason = row["refused"].split(";")[0].split(":")[0]
+            lines.append(f"| {row['pattern']} | {row['method']} | {row['denoiser']} | {n} | refused: {reason} "
+                         "| | | | | | |")
+            continue
         lines.append(f"| {row['pattern']} | {row['method']} | {row['denoiser']} | {n} | {row['mean_error']:.3f} | "
                      f"{1 / math.sqrt(n):.3f} | "
                      f"{row['variance_ratio']:.3f} | {row['interval_coverage']:.3f} | "
                      f"{row['samples_in_exact_interval']:.3f} | {row['truth_coverage']:.3f} | "
                      f"{row['seconds_per_sample']:.4f} |")
     lines.append("")
-    n = max(row["num_samples"] for row in rows)
+    n = max(row["num_samples"] for row in rows if "num_samples" in row)
     lines.append(f"Sampling noise alone gives a mean error of about 1/√N (the floor column). Means of two "
                  f"independent sets of N = {n} exact samples differ by (RMS, in σ; ≈ √(2/N) = "
                  f"{math.sqrt(2 / n):.3f}): " + "; ".join(floors) + ".")
@@ -240,13 +292,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=None, help="default: all")
     parser.add_argument("--seed", type=int, default=0, help="seed of every method's generator")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--patterns", type=int, nargs="+", choices=(0, 1, 2), default=None,
+                        help="only these patterns (0: random pixels, 1: block averages, 2: left half); default: all")
     args = parser.parse_args()
     ms.set_context(mode=ms.GRAPH_MODE)
     global NUM_INFERENCE_STEPS
     NUM_INFERENCE_STEPS = args.steps
     methods = {name: METHODS[name] for name in (args.methods or METHODS)}
     counts = {"exact": args.num_samples, "shipped": args.num_samples_shipped}
-    rows = evaluate(methods, {name: counts[name] for name in args.denoisers}, args.seed)
+    rows = evaluate(methods, {name: counts[name] for name in args.denoisers}, args.seed, args.patterns)
     print(markdown_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

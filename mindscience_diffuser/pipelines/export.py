@@ -231,7 +231,7 @@ def _capture_loop_call(pipe, batch_size: int, call_options: Dict[str, Any]) -> D
                 **hooks):
         used = sorted(name for name, value in hooks.items() if value is not None)
         if used:
-            raise NotImplementedError(f"export_sampler cannot bake {used} into a MindIR sampler")
+            raise ValueError(f"export_sampler cannot bake {used} into a MindIR sampler: export an unguided call")
         captured.update(loop=loop, latents=latents, timesteps=np.asarray(timesteps), knobs=np.asarray(knobs),
                         noise=noise, condition=condition, class_labels=class_labels, guidance_scale=guidance_scale)
         return latents  # the pipeline converts it as its output; never used

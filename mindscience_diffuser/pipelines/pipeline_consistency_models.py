@@ -40,6 +40,8 @@ class ConsistencyModelPipeline(DiffusionPipeline):
         condition=None,
         guidance_scale: float = 1.0,
         sample_shape=None,
+        observation=None,
+        guidance=None,
     ):
         """Generate ``batch_size`` images. ``timesteps`` (descending training-step indices)
         replaces ``num_inference_steps``; other arguments as :meth:`DDIMPipeline.__call__`."""
@@ -49,6 +51,7 @@ class ConsistencyModelPipeline(DiffusionPipeline):
             batch_size, generator, num_inference_steps, latents, output_type, return_dict,
             schedule_options={"timesteps": timesteps} if timesteps is not None else None,
             class_labels=class_labels, condition=condition, guidance_scale=guidance_scale, sample_shape=sample_shape,
+            observation=observation, guidance=guidance,
         )
 
     def _class_labels(self, spec, class_labels, batch_size: int, rng) -> Optional[Tensor]:

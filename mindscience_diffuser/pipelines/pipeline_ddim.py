@@ -49,6 +49,8 @@ class DDIMPipeline(DiffusionPipeline):
         class_labels=None,
         guidance_scale: float = 1.0,
         sample_shape=None,
+        observation=None,
+        guidance=None,
     ):
         """Generate ``batch_size`` images in ``num_inference_steps`` DDIM steps.
 
@@ -80,6 +82,11 @@ class DDIMPipeline(DiffusionPipeline):
                 ``pipe.null_condition``, the "no condition" the model learned in training.
             sample_shape: one sample's shape, e.g. (C, H, W) or (L, C), for a model whose config does
                 not give it; samples may have rank 2 to 5.
+            observation: an :class:`~mindscience_diffuser.observations.Observation` (in model
+                units) to sample the posterior p(x | y) of, with ``guidance``.
+            guidance: the posterior-sampling method: ``"replace"``, ``"dps"``, ``"pigdm"``,
+                ``"mmps"`` or a configured object such as ``DPS(step_size=0.5)`` (see
+                :mod:`mindscience_diffuser.guidance` and docs/inverse_problems.md).
         """
         is_ddim = isinstance(self.scheduler, DDIMScheduler)
         return self._sample(
@@ -87,4 +94,5 @@ class DDIMPipeline(DiffusionPipeline):
             loop_options={"use_clipped_model_output": bool(use_clipped_model_output)} if is_ddim else {},
             schedule_options={"eta": eta} if is_ddim else {},
             condition=condition, class_labels=class_labels, guidance_scale=guidance_scale, sample_shape=sample_shape,
+            observation=observation, guidance=guidance,
         )

@@ -34,9 +34,12 @@ class DDPMPipeline(DiffusionPipeline):
         class_labels=None,
         guidance_scale: float = 1.0,
         sample_shape=None,
+        observation=None,
+        guidance=None,
     ):
         """Generate ``batch_size`` images in ``num_inference_steps`` steps; arguments as
         :meth:`DDIMPipeline.__call__`."""
         return self._sample(batch_size, generator, num_inference_steps, latents, output_type, return_dict,
                             condition=condition, class_labels=class_labels, guidance_scale=guidance_scale,
-                            sample_shape=sample_shape)
+                            sample_shape=sample_shape, observation=observation,
+                            guidance=guidance)

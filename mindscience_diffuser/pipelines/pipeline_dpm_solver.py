@@ -54,13 +54,16 @@ class DPMSolverPipeline(DiffusionPipeline):
         class_labels=None,
         guidance_scale: float = 1.0,
         sample_shape=None,
+        observation=None,
+        guidance=None,
     ):
         """Generate ``batch_size`` images in ``num_inference_steps`` DPM-Solver steps, from
         ``latents`` (e.g. the output of :meth:`invert`) or from noise drawn from ``generator``;
         other arguments as :meth:`DDIMPipeline.__call__`."""
         return self._sample(batch_size, generator, num_inference_steps, latents, output_type, return_dict,
                             condition=condition, class_labels=class_labels, guidance_scale=guidance_scale,
-                            sample_shape=sample_shape)
+                            sample_shape=sample_shape, observation=observation,
+                            guidance=guidance)
 
     def invert(self, images_or_samples, num_inference_steps: int = 20, condition=None, class_labels=None) -> Tensor:
         """The latents that sampling with ``num_inference_steps`` steps (and the same

@@ -423,11 +423,14 @@ class DiffusionPipeline:
     numpy_to_pil = staticmethod(numpy_to_pil)
 
     # -- sampling ------------------------------------------------------------------------------
-    def sampling_loop(self, scheduler=None, guided: bool = False, **options) -> SamplingLoop:
-        """The compiled loop for ``(self.unet, scheduler or self.scheduler, guided, options)``,
-        built once and kept, so GRAPH_MODE compiles it once per input shape and step count."""
+    def sampling_loop(self, scheduler=None, guided: bool = False, guide=None, **options) -> SamplingLoop:
+        """The compiled loop for ``(self.unet, scheduler or self.scheduler, guided, guide, options)``,
+        built once and kept, so GRAPH_MODE compiles it once per input shape and step count.
+        ``guide``: an observation method attached to its observation (:mod:`..guidance`); loops
+        are shared between guides of the same configuration and operator."""
         scheduler = self.scheduler if scheduler is None else scheduler
-        key = (id(self.unet), id(scheduler), bool(guided), loop_constants_for(scheduler, options))
+        guide_key = None if guide is None else guide.key() + (id(guide.operator), guide.noise_std)
+        key = (id(self.unet), id(scheduler), bool(guided), loop_constants_for(scheduler, options), guide_key)
         loop = self._loops.get(key)
         if loop is None:
             # Drop loops of components that are no longer in the pipeline.
@@ -435,7 +438,7 @@ class DiffusionPipeline:
             self._loops = {k: v for k, v in self._loops.items() if k[0] in live and k[1] in live}
             field = condition_spec(self.unet).field is not None
             loop = self._loops[key] = SamplingLoop(self.unet, scheduler, field_condition=field, guided=guided,
-                                                   **options)
+                                                   guide=guide, **options)
         return loop
 
     def _sample_shape(self, batch_size: int, latents, sample_shape=None) -> Tuple[int, ...]:
@@ -536,10 +539,17 @@ class DiffusionPipeline:
         condition=None,
         guidance_scale: float = 1.0,
         sample_shape=None,
+        observation=None,
+        guidance=None,
     ):
         """The shared ``__call__``: validate, schedule, draw (latents, class labels, step noise)
         from one generator, or from generator i for sample i when ``generator`` is a list of
-        ``batch_size`` of them, run the loop, convert to ``output_type``."""
+        ``batch_size`` of them, run the loop, convert to ``output_type``.
+
+        ``observation`` / ``guidance``: sample the posterior given an
+        :class:`~mindscience_diffuser.observations.Observation` (in model units) with a method
+        of :mod:`mindscience_diffuser.guidance` (a name or a configured object); the guidance
+        noise is drawn after the sampler's own."""
         batch_size = check_positive("batch_size", batch_size, integer=True)
         if num_inference_steps is not None:
             check_positive("num_inference_steps", num_inference_steps, integer=True)
@@ -553,21 +563,45 @@ class DiffusionPipeline:
         dtype = scheduler.compute_dtype
         rng = as_batch_generator(generator, batch_size)
         x = self._prepare_latents(shape, latents, rng)
+        guide = self._observation_guide(observation, guidance, shape)
         cond, labels, scale = self._conditioning(condition_spec(self.unet), condition, class_labels, guidance_scale,
                                                  shape, dtype, rng)
-        loop = self.sampling_loop(scheduler, guided=scale is not None, **(loop_options or {}))
+        loop = self.sampling_loop(scheduler, guided=scale is not None, guide=guide, **(loop_options or {}))
         timesteps, knobs, stochastic = loop.schedule(num_inference_steps, **(schedule_options or {}))
+        if guide is not None:
+            from ..guidance import plan_observation
+
+            plan = plan_observation(guide, scheduler, timesteps, knobs, loop.stateful)
+            timesteps, knobs = plan.timesteps, plan.knobs
         x = x * scheduler.init_noise_sigma
         if stochastic:
             noise = rng.standard_normal((len(timesteps),) + shape, batch_axis=1).astype(np.float32)
         else:
             noise = np.zeros((1,) + shape, np.float32)
-        final = self._run_loop(loop, Tensor(x, dtype), timesteps, knobs, Tensor(noise, dtype), cond, labels, scale)
+        observed = {}
+        if guide is not None:
+            from ..guidance import guide_inputs
+
+            observed["observed_inputs"] = guide_inputs(plan, observation, shape, dtype, rng)
+        final = self._run_loop(loop, Tensor(x, dtype), timesteps, knobs, Tensor(noise, dtype), cond, labels, scale,
+                               **observed)
         images = self._convert_output(final, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
+    def _observation_guide(self, observation, guidance, shape):
+        """The guidance method attached to ``observation`` and checked against the batch, or None."""
+        if observation is None:
+            if guidance is not None:
+                raise ValueError(f"guidance={guidance!r} needs an observation= to guide by")
+            return None
+        from ..guidance import check_observation, resolve_guidance
+
+        guide = resolve_guidance(guidance, observation)
+        check_observation(observation, shape)
+        return guide
+
     def _run_loop(self, loop: SamplingLoop, latents: Tensor, timesteps, knobs, noise: Tensor, condition=None,
-                  class_labels=None, guidance_scale=None) -> Tensor:
+                  class_labels=None, guidance_scale=None, observed_inputs: tuple = ()) -> Tensor:
         """Run ``loop`` with this pipeline's progress bar; the loop's result (see :meth:`SamplingLoop.run`)."""
         bar = None
         if not self._progress_bar_config.get("disable", False):
@@ -576,7 +610,7 @@ class DiffusionPipeline:
             # The loop returns (sample, what the image is made of): the sample itself, or the
             # noise-free predictor mean for score-SDE sampling.
             _, final = loop.run(latents, timesteps, knobs, noise, condition, class_labels, guidance_scale,
-                                progress_bar=bar, use_jit=self.use_jit)
+                                progress_bar=bar, use_jit=self.use_jit, observed_inputs=observed_inputs)
         finally:
             if bar is not None:
                 bar.close()

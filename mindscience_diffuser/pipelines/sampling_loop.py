@@ -35,7 +35,13 @@ What ``construct`` receives, all built on the host by the pipeline before the lo
 - ``condition`` / ``class_labels``: what the model is conditioned on (see
   :mod:`~mindscience_diffuser.models.conditioning`), or None;
 - ``guidance_scale``: the 0-d classifier-free guidance weight w of a *guided* loop, whose
-  ``condition`` / ``class_labels`` hold the conditional batch followed by the null one.
+  ``condition`` / ``class_labels`` hold the conditional batch followed by the null one;
+- ``observed``, ``guide_table``, ``guide_noise``, ``step_map``: for a loop built with an
+  observation ``guide`` (:mod:`mindscience_diffuser.guidance`): the observed values y, the
+  per-iteration noise levels and RePaint jump scales, the noise of replacements and jumps, and
+  the scheduler step each iteration runs (RePaint's schedule revisits steps). The guide's
+  pieces attach after the model call (x̂0 corrections, through ``ms.grad`` of the denoiser) and
+  after the update (DPS steps, replacement), the same for every scheduler.
 
 Scheduler options are Python attributes of the scheduler (constants in the graph); per-schedule
 tables are Parameters of the scheduler, refreshed by ``set_timesteps`` and read on every call.
@@ -57,6 +63,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..guidance import conjugate_gradient
 from ..models.conditioning import call_denoiser
 from ..schedulers.base import LoopPlan, SchedulerBase
 
@@ -87,7 +94,7 @@ class SamplingLoop(nn.Cell):
     """
 
     def __init__(self, unet: nn.Cell, scheduler: SchedulerBase, field_condition: bool = False, guided: bool = False,
-                 **constants):
+                 guide=None, **constants):
         super().__init__(auto_prefix=False)
         self.constants = loop_constants_for(scheduler, constants)
         self.unet = unet
@@ -99,6 +106,11 @@ class SamplingLoop(nn.Cell):
         self.progress = None
         #: at most this many compiled calls per run when a progress bar is shown
         self.progress_chunks = 10
+        #: observation guidance (a mindscience_diffuser.guidance.Guidance attached to an observation), or None
+        self.guide = guide
+        if guide is not None and guide.differentiable:
+            self._guided_loss_grad = ms.grad(self._guided_loss, grad_position=0, has_aux=True)
+            self._prediction_vjp = ms.grad(self._weighted_prediction, grad_position=0, has_aux=True)
 
     def _model(self, sample: Tensor, timestep: Tensor, condition: Optional[Tensor], class_labels: Optional[Tensor],
                guidance_scale: Optional[Tensor]) -> Tensor:
@@ -113,21 +125,98 @@ class SamplingLoop(nn.Cell):
                              class_labels)
         return classifier_free_guidance(both[:batch], both[batch:], guidance_scale, sample.shape[1])
 
+    # -- observation guidance (after the model call; after the update) ------------------------
+    def _denoise(self, sample, step, t, condition, class_labels, guidance_scale):
+        """(x̂0, model output) at scheduler step ``step``."""
+        model_output = self._model(self.scheduler.loop_model_input(sample, step), t, condition, class_labels,
+                                   guidance_scale)
+        return self.scheduler.loop_denoised(model_output, sample, step, t), model_output
+
+    def _weighted_prediction(self, sample, weights, step, t, condition, class_labels, guidance_scale):
+        """Σ weights·A(x̂0(sample)): its gradient in ``sample`` is Jᵀ Aᵀ weights."""
+        x0, model_output = self._denoise(sample, step, t, condition, class_labels, guidance_scale)
+        return (weights * self.guide.operator(x0)).sum(), x0, model_output
+
+    def _guided_loss(self, sample, observed, a, s, step, t, condition, class_labels, guidance_scale):
+        """Σ u·A(x̂0) with the guide's weights u(y − A(x̂0)) held constant: one forward and one
+        backward pass give g = Jᵀ Aᵀ u."""
+        x0, model_output = self._denoise(sample, step, t, condition, class_labels, guidance_scale)
+        prediction = self.guide.operator(x0)
+        weights = ops.stop_gradient(self.guide.weights(observed - prediction, a, s))
+        return (weights * prediction).sum(), x0, model_output
+
+    def _likelihood_gradient(self, sample, observed, a, s, step, t, condition, class_labels, guidance_scale):
+        """(g = Jᵀ Aᵀ u, model output) for a differentiable guide."""
+        guide = self.guide
+        if not guide.uses_jacobian:
+            gradient, (_, model_output) = self._guided_loss_grad(sample, observed, a, s, step, t, condition,
+                                                                  class_labels, guidance_scale)
+            return gradient, model_output
+        # MMPS: u = (σ_y² I + (s²/a) A J Aᵀ)⁻¹ r, each product with J a vector–Jacobian product.
+        x0, model_output = self._denoise(sample, step, t, condition, class_labels, guidance_scale)
+        covariance_scale = s * s / a
+        noise_variance = guide.noise_std ** 2
+
+        def likelihood_covariance(v):
+            jtv, _ = self._prediction_vjp(sample, v, step, t, condition, class_labels, guidance_scale)
+            return noise_variance * v + covariance_scale * guide.operator(jtv)
+
+        u = conjugate_gradient(likelihood_covariance, observed - guide.operator(x0), guide.cg_iterations)
+        gradient, _ = self._prediction_vjp(sample, u, step, t, condition, class_labels, guidance_scale)
+        return gradient, model_output
+
+    def _observed_iteration(self, sample, state, i, timesteps, noise, knobs, observed, guide_table, guide_noise,
+                            step_map, condition, class_labels, guidance_scale):
+        """One iteration with the observation guide: the scheduler runs step ``step_map[i]``."""
+        scheduler, guide = self.scheduler, self.guide
+        step = ops.gather(step_map, i, 0)
+        t = ops.gather(timesteps, i, 0)
+        a, s, a_next, s_next, jump_keep, jump_noise = ops.unstack(ops.gather(guide_table, i, 0), 0)
+        if guide.differentiable:
+            gradient, model_output = self._likelihood_gradient(sample, observed, a, s, step, t, condition,
+                                                               class_labels, guidance_scale)
+        else:
+            gradient = None
+            model_output = self._model(scheduler.loop_model_input(sample, step), t, condition, class_labels,
+                                       guidance_scale)
+        if guide.corrects_denoised:
+            # Every parametrisation's x̂0 is affine in the model output, x̂0 = slope·output + c·x:
+            # a correction δx̂0 is the output correction δx̂0/slope, for any scheduler.
+            slope = scheduler.loop_denoised(ops.ones_like(model_output), ops.zeros_like(sample), step, t)
+            correction = guide.denoised_correction(gradient, a, s) / slope
+            model_output = model_output + correction.astype(model_output.dtype)
+        noise_i = ops.gather(noise, ops.minimum(i, noise.shape[0] - 1), 0)
+        sample, state = scheduler.loop_update(model_output, sample, step, t, noise_i, ops.gather(knobs, i, 0), state,
+                                              self.constants)
+        if guide.steps_after_update:
+            sample = guide.after_update(sample, gradient)
+        extra_noise = ops.gather(guide_noise, ops.minimum(i, guide_noise.shape[0] - 1), 0)
+        if guide.replaces:
+            sample = guide.replace(sample, observed, extra_noise[0], a_next, s_next).astype(sample.dtype)
+        # RePaint's jump back up the schedule (keep = 1, noise = 0 on the other iterations).
+        sample = (jump_keep * sample + jump_noise * extra_noise[1]).astype(sample.dtype)
+        return sample, state
+
     def _tick(self) -> None:
         if self.progress is not None:
             self.progress.update(1)
 
     def construct(self, sample, state, timesteps, noise, knobs, start, stop, condition=None, class_labels=None,
-                  guidance_scale=None):
+                  guidance_scale=None, observed=None, guide_table=None, guide_noise=None, step_map=None):
         scheduler = self.scheduler
         i = start
         while i < stop:
-            t = ops.gather(timesteps, i, 0)
-            model_output = self._model(scheduler.loop_model_input(sample, i), t, condition, class_labels,
-                                       guidance_scale)
-            noise_i = ops.gather(noise, ops.minimum(i, noise.shape[0] - 1), 0)
-            sample, state = scheduler.loop_update(model_output, sample, i, t, noise_i, ops.gather(knobs, i, 0), state,
-                                                  self.constants)
+            if self.guide is not None:
+                sample, state = self._observed_iteration(sample, state, i, timesteps, noise, knobs, observed,
+                                                         guide_table, guide_noise, step_map, condition, class_labels,
+                                                         guidance_scale)
+            else:
+                t = ops.gather(timesteps, i, 0)
+                model_output = self._model(scheduler.loop_model_input(sample, i), t, condition, class_labels,
+                                           guidance_scale)
+                noise_i = ops.gather(noise, ops.minimum(i, noise.shape[0] - 1), 0)
+                sample, state = scheduler.loop_update(model_output, sample, i, t, noise_i, ops.gather(knobs, i, 0),
+                                                      state, self.constants)
             i = i + 1
             self._tick()
         if not self.stateful:
@@ -148,11 +237,13 @@ class SamplingLoop(nn.Cell):
 
     def run(self, latents: Tensor, timesteps: np.ndarray, knobs: np.ndarray, noise: Tensor,
             condition: Optional[Tensor] = None, class_labels: Optional[Tensor] = None,
-            guidance_scale: Optional[float] = None, progress_bar=None, use_jit: bool = False) -> Tuple[Tensor, Tensor]:
+            guidance_scale: Optional[float] = None, progress_bar=None, use_jit: bool = False,
+            observed_inputs: tuple = ()) -> Tuple[Tensor, Tensor]:
         """Run every iteration from ``latents``: compiled under GRAPH_MODE (or with ``use_jit``),
         eagerly in PyNative. ``progress_bar`` (a tqdm-like object or None) advances after each
-        step (eager) or each chunk (compiled). Returns ``(sample, result)``: the last sample and
-        what the output is made of."""
+        step (eager) or each chunk (compiled). ``observed_inputs``: for a loop with a guide,
+        ``(observed, guide_table, guide_noise, step_map)`` (see the module docstring). Returns
+        ``(sample, result)``: the last sample and what the output is made of."""
         timesteps = np.asarray(timesteps)
         if self.guided and guidance_scale is None:
             raise ValueError("a guided sampling loop needs guidance_scale")
@@ -173,7 +264,7 @@ class SamplingLoop(nn.Cell):
                 # The state is mutable so that a chunk's returned state is a variable input of
                 # the same graph rather than a new constant to compile for.
                 out = call(sample, ms.mutable(state) if state else (), *fixed, Tensor(begin, ms.int32),
-                           Tensor(end, ms.int32), *conditioning)
+                           Tensor(end, ms.int32), *conditioning, *observed_inputs)
                 sample, state = (out[0], tuple(out[1:])) if self.stateful else (out, state)
                 if compiled and progress_bar is not None:
                     progress_bar.update(end - begin)
@@ -183,10 +274,10 @@ class SamplingLoop(nn.Cell):
 
     @ms.jit
     def compiled(self, sample, state, timesteps, noise, knobs, start, stop, condition=None, class_labels=None,
-                 guidance_scale=None):
+                 guidance_scale=None, observed=None, guide_table=None, guide_noise=None, step_map=None):
         """``construct`` compiled with ``ms.jit`` (for PyNative processes)."""
         return self.construct(sample, state, timesteps, noise, knobs, start, stop, condition, class_labels,
-                              guidance_scale)
+                              guidance_scale, observed, guide_table, guide_noise, step_map)
 
 
 def chunk_bounds(num_iterations: int, num_chunks: int) -> list:

@@ -328,6 +328,23 @@ class SchedulerBase(nn.Cell, ConfigMixin):
         """Device side: what the result is made of after the last iteration; the sample by default."""
         return sample
 
+    # Observation guidance (mindscience_diffuser.guidance) needs two more facts of a scheduler,
+    # whatever its parametrisation: where the sample stands (x = a·x0 + s·ε) and the model's x̂0.
+
+    def loop_noise_levels(self) -> np.ndarray:
+        """Host side, after :meth:`loop_plan`: a (K + 1, 2) float64 array of (a_i, s_i) such
+        that the sample entering iteration i is x_i = a_i·x0 + s_i·ε (row K: after the last)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its noise levels; observation guidance "
+                                  "drives VP schedulers (DDIM, DDPM, DPM-Solver, Euler) and consistency models")
+
+    def loop_denoised(self, model_output: Tensor, sample: Tensor, i: Tensor, timestep: Tensor) -> Tensor:
+        """Device side: the model's estimate x̂0 = E[x0 | x_i] (Tweedie) from its output at
+        iteration i, in float32 and before any clipping or thresholding, so that it is affine
+        in ``model_output`` (guidance converts a correction of x̂0 back into one of the output)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its denoised estimate x0; observation "
+                                  "guidance drives VP schedulers (DDIM, DDPM, DPM-Solver, Euler) and consistency "
+                                  "models")
+
 
 class VPSchedulerBase(SchedulerBase):
     """The discrete variance-preserving schedule x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε that DDIM,
@@ -456,6 +473,22 @@ class TimestepTableSchedulerBase(VPSchedulerBase):
         """ᾱ after the last step (a step past t = 0 ends on clean data)."""
         return 1.0
 
+    def loop_noise_levels(self) -> np.ndarray:
+        """(sqrt(ᾱ_t), sqrt(1 - ᾱ_t)) at each inference timestep, then after the last step."""
+        abar = self.alphas_cumprod.astype(np.float64)
+        timesteps = np.asarray(self.timesteps)
+        previous = int(self._previous_table_host[timesteps[-1]])
+        levels = np.append(abar[timesteps], abar[previous] if previous >= 0 else self._final_alpha_cumprod())
+        return np.stack([np.sqrt(levels), np.sqrt(1.0 - levels)], axis=1)
+
+    def loop_denoised(self, model_output, sample, i, timestep):
+        coefs = self._coefficients(timestep)
+        # A learned-variance model's extra channels are not part of the prediction.
+        prediction = as_float32(model_output)[:, : sample.shape[1]]
+        x0, _ = predict_x0_and_eps(self.config["prediction_type"], prediction, as_float32(sample),
+                                   self._column(coefs, "alpha", sample), self._column(coefs, "sigma", sample))
+        return x0
+
     def _set_coefficients(self, columns: Dict[str, np.ndarray]) -> None:
         """Store named per-timestep columns as one (T, K) device table: a step costs one gather."""
         self._coef_columns = {name: k for k, name in enumerate(columns)}
@@ -580,6 +613,11 @@ class StepIndexMixin:
     def _scales_of_sigmas(self, sigmas: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(data scale, noise scale) of noise levels σ: x = x0 + σ·ε for a variance-exploding sample."""
         return np.ones_like(sigmas), sigmas
+
+    def loop_noise_levels(self) -> np.ndarray:
+        """(data scale, noise scale) of every σ of the schedule (one more than the iterations)."""
+        data, noise = self._scales_of_sigmas(np.asarray(self.sigmas, np.float64))
+        return np.stack([np.asarray(data, np.float64), np.asarray(noise, np.float64)], axis=1)
 
     def _noise_scales(self, timesteps, like: Tensor) -> Tuple[Tensor, Tensor]:
         """The scales at each timestep's step index (``begin_index`` / the running index when

@@ -181,6 +181,12 @@ class CMStochasticIterativeScheduler(ScaledInputMixin, StepIndexMixin, Scheduler
     def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
         return self.construct(model_output, sample, i, noise), state
 
+    def loop_denoised(self, model_output, sample, i, timestep):
+        """f_θ(x, σ_i) = c_skip·x + c_out·F_θ (Song et al. 2023, eq. 5), unclipped."""
+        sigma = gather(self.sigma_table, i, sample)
+        c_skip, c_out = boundary_scalings(sigma, self.config["sigma_min"], self.config["sigma_data"])
+        return c_out * as_float32(model_output) + c_skip * as_float32(sample)
+
     def step(
         self,
         model_output: Tensor,

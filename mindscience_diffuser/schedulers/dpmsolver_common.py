@@ -390,6 +390,12 @@ class DPMSolverMultistepBase(StepIndexMixin, VPSchedulerBase):
         """``(lower_order_nums, history)``; the step index is the loop's own iteration index."""
         return ops.zeros((), ms.int32), ops.zeros((self.config["solver_order"],) + sample.shape, ms.float32)
 
+    def loop_denoised(self, model_output, sample, i, timestep):
+        _, alpha_s0, sigma_s0, sigma_raw = self._knots(i)
+        prediction = as_float32(model_output)[:, : sample.shape[1]]
+        return convert_model_output("dpmsolver++", self.config["prediction_type"], prediction, as_float32(sample),
+                                    alpha_s0, sigma_s0, sigma_raw, None)
+
     def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
         prev, _, (_, lower_order_nums, history) = self.construct(model_output, sample, noise, (i, state[0], state[1]))
         return prev, (lower_order_nums, history)

@@ -264,6 +264,11 @@ class EulerDiscreteScheduler(ScaledInputMixin, StepIndexMixin, VPSchedulerBase):
                           np.float32)
         return LoopPlan(self.timesteps, gammas, bool(np.any(gammas > 0)))
 
+    def loop_denoised(self, model_output, sample, i, timestep):
+        # At the schedule's σ_i: guidance assumes no churn (γ = 0), the default.
+        sigma = gather(self.sigma_table, i, sample)
+        return denoise_ve(self.config["prediction_type"], as_float32(model_output), as_float32(sample), sigma, sigma)
+
     def loop_update(self, model_output, sample, i, timestep, noise, knob, state, constants):
         prev, _ = self.construct(model_output, sample, i, noise, knob, constants[0])
         return prev, state
