@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import DEFAULT_MODEL_PATH
-from .io_utils import atomic_file
+from .io_utils import atomic_file, check_output_file
 
 PIPELINES = {
     "ddim": ("DDIMPipeline", "DDIMScheduler"),
@@ -172,15 +172,10 @@ def _check_output(value: Any, flag: str) -> Optional[Path]:
     folder that exists and is writable. None when the option is not given."""
     if value in (None, ""):
         return None
-    path = Path(value)
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a folder; give a file path")
-    folder = path.parent
-    if not folder.is_dir():
-        raise UsageError(f"{flag} {path}: output folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: cannot write to the folder {folder} (permission denied)")
-    return path
+    try:
+        return check_output_file(value, flag)
+    except OSError as err:
+        raise UsageError(str(err)) from None
 
 
 def _write_all(writes: List[Tuple[Path, Callable[[Path], None]]]) -> None:

@@ -141,3 +141,18 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with _staged(path, os.mkdir, _swap_in) as tmp:
         yield tmp
+
+
+def check_output_file(path: PathLike, what: str = "path") -> Path:
+    """``path`` as a file the caller may write, checked before any work starts: not a folder, in a
+    folder that exists and is writable. Raises ``IsADirectoryError`` / ``FileNotFoundError`` /
+    ``PermissionError`` (``OSError``\\ s) whose messages start with ``what`` and the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give a file path")
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {path}: output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: cannot write to the folder {folder} (permission denied)")
+    return path

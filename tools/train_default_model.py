@@ -22,15 +22,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
-from mindscience_diffuser import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler  # noqa: E402
+from recipe_steps import export_ema, train_resumably, trainer_at_latest_checkpoint  # noqa: E402
+
+from mindscience_diffuser import DDIMScheduler, DiffusionPipeline  # noqa: E402
 from mindscience_diffuser.models import UNet2DModel  # noqa: E402
 from mindscience_diffuser.training import (  # noqa: E402
     DiffusionTrainer,
     SyntheticFieldDataset,
     evaluate,
     generate_samples,
-    latest_checkpoint,
     plot_spectra,
     small_unet_config,
 )
@@ -78,22 +80,12 @@ def build_trainer(run_dir: Path) -> DiffusionTrainer:
 def cmd_train(args) -> None:
     data = SyntheticFieldDataset(num_samples=NUM_TRAIN, seed=TRAIN_SEED, **FIELDS)
     trainer = build_trainer(args.run_dir)
-    begun = time.time()
-    trainer.train(data, STEPS, resume_from="latest", log_every=10, max_seconds=args.minutes * 60)
-    print(f"stopped at step {trainer.step} after {(time.time() - begun) / 60:.1f} min", flush=True)
+    train_resumably(trainer, data, STEPS, args.minutes)
     cmd_export(args, trainer)
 
 
 def cmd_export(args, trainer: DiffusionTrainer = None) -> None:
-    if trainer is None:
-        trainer = build_trainer(args.run_dir)
-        checkpoint = latest_checkpoint(args.run_dir)
-        if checkpoint is None:
-            raise SystemExit(f"no checkpoint in {args.run_dir}")
-        trainer.load_checkpoint(checkpoint)
-    trainer.save_pretrained(PACKAGE_MODEL, use_ema=True, pipeline_class="DPMSolverPipeline",
-                            scheduler=DPMSolverMultistepScheduler(**SAMPLER))
-    print(f"exported step {trainer.step} (EMA weights) to {PACKAGE_MODEL}", flush=True)
+    export_ema(trainer or trainer_at_latest_checkpoint(build_trainer, args.run_dir), PACKAGE_MODEL, SAMPLER)
 
 
 def cmd_evaluate(args) -> None:

@@ -49,7 +49,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..io_utils import atomic_file
+from ..io_utils import atomic_file, check_output_file
 from ..normalization import DataNormalization
 from ..utils import BatchGeneratorLike, as_batch_generator, check_choice, check_positive
 from .pipeline_utils import samples_to_data_units
@@ -188,14 +188,7 @@ def _check_output_path(path) -> Path:
     path = Path(path)
     if path.suffix != MINDIR_SUFFIX:
         raise ValueError(f"path must end in {MINDIR_SUFFIX} (mindspore.load reads no other name), got {path}")
-    if path.is_dir():
-        raise IsADirectoryError(f"path {path} is a folder; give a file path ending in {MINDIR_SUFFIX}")
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"path {path}: the output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"path {path}: cannot write to the folder {folder} (permission denied)")
-    return path
+    return check_output_file(path)
 
 
 def _remove_export_leftovers(named: Path) -> None:
