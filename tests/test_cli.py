@@ -282,8 +282,8 @@ from mindscience_diffuser.training import DiffusionTrainer
 
 step = DiffusionTrainer.train_step
 
-def ctrl_c_at_step_3(self, batch):
-    loss = step(self, batch)
+def ctrl_c_at_step_3(self, batch, *args, **kwargs):
+    loss = step(self, batch, *args, **kwargs)
     print("finished step", self.step, flush=True)
     if self.step == 3:
         os.kill(os.getpid(), signal.SIGINT)

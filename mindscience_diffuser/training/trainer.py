@@ -796,7 +796,9 @@ class DiffusionTrainer:
                 break
             # Draw the batch only after the checks above: drawing advances the data order.
             batch = data.subset(self._order.next_indices())
-            loss = self.train_step(batch.data, batch.condition, batch.class_labels)
+            # Unpaired data call train_step(batch) as before, so an override of it keeps working.
+            pairs = {"condition": batch.condition, "class_labels": batch.class_labels}
+            loss = self.train_step(batch.data, **{k: v for k, v in pairs.items() if v is not None})
             if callback is not None:
                 callback(self, loss)
             if log_every and self.step % log_every == 0 and self.rank == 0:
