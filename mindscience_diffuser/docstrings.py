@@ -219,6 +219,11 @@ ARGUMENTS: Dict[str, str] = {
     "kind": "which synthetic field: ``\"grf\"`` (Gaussian random field) or ``\"darcy\"`` (Darcy-flow pressure).",
     "num_samples": "number of fields generated.",
     "size": "side length of each (square) field, in grid points.",
+    "vary": (
+        "generator parameters drawn per field, ``{name: (low, high)}`` uniformly (e.g. "
+        "``{\"spectrum\": (1.5, 3.5)}``); the drawn values are each field's condition, (N, k) in the order given."
+    ),
+    "path": "the MindIR file ``export_sampler`` wrote.",
     # --- configuration
     "used_defaults": (
         "keys whose values came from the constructor's defaults rather than from the caller; they give way "
