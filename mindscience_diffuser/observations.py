@@ -95,7 +95,8 @@ class ObservationOperator(nn.Cell):
     def output_shape(self, sample_shape: Sequence[int]) -> Tuple[int, ...]:
         """The shape of A(x) for one sample of ``sample_shape`` (no batch axis); ``ValueError`` if
         the operator cannot take that shape."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} is an ObservationOperator without output_shape; an operator "
+                        "defines it (or wrap a Cell in CellOperator, which infers it)")
 
     def observed(self, noise: np.ndarray) -> np.ndarray:
         """``noise`` (shaped like A's output) with the entries the operator never observes zeroed:
@@ -113,10 +114,12 @@ class LinearOperator(ObservationOperator):
     is_linear = True
 
     def adjoint(self, y: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} is a LinearOperator without adjoint; a linear operator defines "
+                        "A^T (MaskOperator, BlockAverage and MatrixOperator do)")
 
     def as_matrix(self, sample_shape: Sequence[int]) -> np.ndarray:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} is a LinearOperator without as_matrix; a linear operator defines "
+                        "its dense matrix for the exact posterior")
 
 
 class MaskOperator(LinearOperator):

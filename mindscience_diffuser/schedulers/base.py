@@ -334,14 +334,14 @@ class SchedulerBase(nn.Cell, ConfigMixin):
     def loop_noise_levels(self) -> np.ndarray:
         """Host side, after :meth:`loop_plan`: a (K + 1, 2) float64 array of (a_i, s_i) such
         that the sample entering iteration i is x_i = a_i·x0 + s_i·ε (row K: after the last)."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its noise levels; observation guidance "
+        raise TypeError(f"{type(self).__name__} does not expose its noise levels; observation guidance "
                                   "drives VP schedulers (DDIM, DDPM, DPM-Solver, Euler) and consistency models")
 
     def loop_denoised(self, model_output: Tensor, sample: Tensor, i: Tensor, timestep: Tensor) -> Tensor:
         """Device side: the model's estimate x̂0 = E[x0 | x_i] (Tweedie) from its output at
         iteration i, in float32 and before any clipping or thresholding, so that it is affine
         in ``model_output`` (guidance converts a correction of x̂0 back into one of the output)."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its denoised estimate x0; observation "
+        raise TypeError(f"{type(self).__name__} does not expose its denoised estimate x0; observation "
                                   "guidance drives VP schedulers (DDIM, DDPM, DPM-Solver, Euler) and consistency "
                                   "models")
 
