@@ -30,7 +30,7 @@ setup(
         # ruff: the lint step CI runs before the tests (configuration in ruff.toml).
         "test": ["pytest", "pytest-xdist", "ruff>=0.6,<1"],
         # Reference stack for golden values and benchmarks only; never needed to run the tests.
-        "ref": ["torch==2.13.0", "diffusers==0.42.1", "scipy"],
+        "ref": ["torch==2.13.0", "diffusers==0.42.1", "scipy", "matplotlib"],
     },
     entry_points={"console_scripts": ["mindscience-diffuser=mindscience_diffuser.cli:main"]},
 )
