@@ -95,6 +95,13 @@ _positive_int = _in_range(_integer, 1, math.inf, "a positive integer")
 _unit_interval = _in_range(_number, 0.0, 1.0, "a number in [0, 1]")
 
 
+def _positive_number(value: Any) -> float:
+    number = _in_range(_number, 0.0, math.inf, "a positive number")(value)
+    if number == 0.0 or number == math.inf:
+        raise ValueError(f"must be a positive number, got {value!r}")
+    return number
+
+
 def _probability_below_one(value: Any) -> float:
     number = _unit_interval(value)
     if number >= 1.0:
@@ -927,7 +934,7 @@ def cmd_assimilate(opts: argparse.Namespace) -> int:
     """Posterior samples given observations (``Observation.from_npz``: values in the model's
     units, a mask, noise_std), by one of mindscience_diffuser.guidance's methods."""
     _set_mode(opts.mode)
-    from .guidance import METHODS
+    from .guidance import METHODS, PiGDM
     from .observations import Observation
 
     model = _model_dir(opts.model)
@@ -936,6 +943,8 @@ def cmd_assimilate(opts: argparse.Namespace) -> int:
         raise UsageError(f"--output {output} must end in .npz (it holds samples, mean and std)")
     if opts.method not in METHODS:
         raise UsageError(f"--method must be one of {sorted(METHODS)}, got {opts.method!r}")
+    if opts.data_std is not None and opts.method != "pigdm":
+        raise UsageError(f"--data-std is ΠGDM's prior scale: it needs --method pigdm, got --method {opts.method}")
     observation = Observation.from_npz(_existing_path(opts.observations))
     truth = _load_array(_existing_path(opts.truth)) if opts.truth else None
     pipeline = _model_pipeline(model)
@@ -944,6 +953,8 @@ def cmd_assimilate(opts: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=opts.quiet)
     kwargs: Dict[str, Any] = {"batch_size": opts.num_samples, "generator": opts.seed, "output_type": "latent",
                               "observation": observation, "guidance": opts.method}
+    if opts.data_std is not None:
+        kwargs["guidance"] = PiGDM(data_std=opts.data_std)
     if pipeline != "consistency" or opts.steps is not None:
         kwargs["num_inference_steps"] = opts.steps or 25
     start = time.perf_counter()
@@ -978,6 +989,8 @@ COMMANDS = COMMANDS + (
                "and noise_std", required=True),
         Option("method", "posterior-sampling method (see docs/inverse_problems.md)", default="dps",
                choices=("dps", "mmps", "pigdm", "replace")),
+        Option("data_std", "pigdm only: the prior's standard deviation σ_d in the model's units (r_t² = "
+               "σ_d²σ_t²/(σ_d² + σ_t²))", _positive_number, shown_default="1, the paper's unit-variance prior"),
         Option("num_samples", "posterior samples", _positive_int, default=16),
         Option("steps", "inference steps", _positive_int, shown_default="25; consistency: 1"),
         Option("seed", "random seed", _integer, default=0),

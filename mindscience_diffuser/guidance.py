@@ -243,14 +243,19 @@ class DPS(Guidance):
 
 class PiGDM(Guidance):
     r"""Pseudoinverse-guided diffusion (ΠGDM, Song et al. 2023, eq. 7–8) for linear-Gaussian
-    observations: p(x0 | x_t) ≈ N(x̂0, r_t² I) with r_t² = σ_t²/(1 + σ_t²) (σ_t = s/a, a
-    unit-variance prior), so p(y | x_t) ≈ N(A x̂0, r_t² A Aᵀ + σ_y² I) and
+    observations: p(x0 | x_t) ≈ N(x̂0, r_t² I), so p(y | x_t) ≈ N(A x̂0, r_t² A Aᵀ + σ_y² I) and
 
         ∇_{x_t} log p(y | x_t) = Jᵀ Aᵀ (r_t² A Aᵀ + σ_y² I)⁻¹ (y − A x̂0),
 
     one vector–Jacobian product; the Gram system is solved in closed form for masks and block
     averages and by ``cg_iterations`` conjugate-gradient steps otherwise. The score correction
     enters through Tweedie's formula, x̂0(x_t, y) = x̂0 + (s²/a)·∇ log p(y | x_t).
+
+    r_t² is the posterior variance of x0 given x_t under a white prior of standard deviation
+    σ_d (``data_std``): r_t² = σ_d² σ_t² / (σ_d² + σ_t²) with σ_t = s/a. The paper's eq. 8,
+    σ_t²/(1 + σ_t²), is the case σ_d = 1, which assumes data scaled to unit variance; for data
+    of another scale (the shipped field model's fields have σ_d = 0.3) the unit value
+    overstates r_t at the end of sampling, so the observations pull too weakly.
     """
 
     name = "pigdm"
@@ -259,16 +264,22 @@ class PiGDM(Guidance):
     differentiable = True
     corrects_denoised = True
 
-    def __init__(self, cg_iterations: int = 10):
+    def __init__(self, cg_iterations: int = 10, data_std: float = 1.0):
         super().__init__()
         self.cg_iterations = check_positive("cg_iterations", cg_iterations, integer=True)
+        self.data_std = check_positive("data_std", data_std)
+        if not np.isfinite(self.data_std):
+            raise ValueError(f"data_std must be a finite positive number (the prior's standard deviation), "
+                             f"got {data_std!r}")
 
     def options(self) -> dict:
-        return {"cg_iterations": self.cg_iterations}
+        return {"cg_iterations": self.cg_iterations, "data_std": self.data_std}
 
     def weights(self, residual, a, s):
         ve_sigma_sq = (s / a) ** 2
-        return self.solve_gram(residual, ve_sigma_sq / (1.0 + ve_sigma_sq), self.noise_std ** 2, self.cg_iterations)
+        data_var = self.data_std ** 2
+        r_sq = data_var * ve_sigma_sq / (data_var + ve_sigma_sq)
+        return self.solve_gram(residual, r_sq, self.noise_std ** 2, self.cg_iterations)
 
     def denoised_correction(self, gradient, a, s):
         return (s * s / a) * gradient
@@ -293,6 +304,10 @@ class MMPS(PiGDM):
 
     def __init__(self, cg_iterations: int = 5):
         super().__init__(cg_iterations)
+
+    def options(self) -> dict:
+        # the covariance comes from the denoiser's Jacobian: no prior scale to set
+        return {"cg_iterations": self.cg_iterations}
 
 
 #: ``guidance=`` names

@@ -16,9 +16,10 @@ def observation_file(tmp_path):
     return path
 
 
-def test_assimilate_writes_samples_mean_std_and_a_plot(tmp_path, observation_file, capsys):
+@pytest.mark.parametrize("method", [["dps"], ["pigdm", "--data-std", "0.3"]])
+def test_assimilate_writes_samples_mean_std_and_a_plot(tmp_path, observation_file, capsys, method):
     output, plot = tmp_path / "posterior.npz", tmp_path / "posterior.png"
-    code = main(["assimilate", "--observations", str(observation_file), "--method", "dps", "--num-samples", "2",
+    code = main(["assimilate", "--observations", str(observation_file), "--method", *method, "--num-samples", "2",
                  "--steps", "1", "--mode", "pynative", "--quiet", "--output", str(output), "--plot", str(plot)])
     assert code == 0, capsys.readouterr().err
     with np.load(output) as archive:
@@ -29,11 +30,23 @@ def test_assimilate_writes_samples_mean_std_and_a_plot(tmp_path, observation_fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["obs.npz", "posterior.npz", "posterior.png"]
 
 
+def test_assimilate_data_std_sets_the_pigdm_prior_scale(tmp_path, observation_file, capsys):
+    outputs = []
+    for extra in ([], ["--data-std", "0.3"]):
+        outputs.append(tmp_path / f"posterior{len(outputs)}.npz")
+        assert main(["assimilate", "--observations", str(observation_file), "--method", "pigdm", *extra,
+                     "--num-samples", "2", "--steps", "2", "--mode", "pynative", "--quiet",
+                     "--output", str(outputs[-1])]) == 0, capsys.readouterr().err
+    unit, scaled = (np.load(path)["samples"] for path in outputs)
+    assert np.isfinite(scaled).all() and np.abs(unit - scaled).max() > 1e-3
+
+
 @pytest.mark.parametrize("args, message", [
     (["--observations", "missing.npz"], "no such file"),
     (["--output", "/no/such/folder/post.npz"], "output folder does not exist"),
     (["--output", "post.npy"], "must end in .npz"),
     (["--method", "replace"], "noise-free"),
+    (["--method", "dps", "--data-std", "0.3"], "needs --method pigdm"),
 ])
 def test_assimilate_errors_exit_2_with_one_line(tmp_path, observation_file, capsys, args, message):
     argv = ["assimilate", "--observations", str(observation_file), "--num-samples", "2", "--steps", "1",
@@ -47,4 +60,14 @@ def test_assimilate_errors_exit_2_with_one_line(tmp_path, observation_file, caps
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "post.npz").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-0.3", "inf", "nan", "wide"])
+def test_assimilate_refuses_a_data_std_that_is_not_a_positive_number(tmp_path, observation_file, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(["assimilate", "--observations", str(observation_file), "--method", "pigdm",
+                               "--data-std", value, "--output", str(tmp_path / "post.npz")]))
+    assert exit_info.value.code == 2
+    assert f"--data-std: must be a positive number, got {value!r}" in capsys.readouterr().err
     assert not (tmp_path / "post.npz").exists()

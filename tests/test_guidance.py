@@ -23,7 +23,7 @@ from mindscience_diffuser import (
     DPMSolverPipeline,
     EulerDiscreteScheduler,
 )
-from mindscience_diffuser.guidance import DPS, MMPS, Replace, repaint_schedule
+from mindscience_diffuser.guidance import DPS, MMPS, PiGDM, Replace, repaint_schedule
 from mindscience_diffuser.observations import BlockAverage, CellOperator, MaskOperator, MatrixOperator, Observation
 from mindscience_diffuser.training.posterior import GaussianFieldPrior, calibration_metrics, linear_gaussian_posterior
 
@@ -113,7 +113,8 @@ def test_dps_with_ddim_matches_chung_et_al_algorithm_1(prior, truth):
         np.testing.assert_allclose(out, x.asnumpy(), atol=2e-4)
 
 
-def test_pigdm_with_dpm_solver_matches_the_tweedie_correction(prior, truth):
+@pytest.mark.parametrize("data_std", [1.0, 0.3])
+def test_pigdm_with_dpm_solver_matches_the_tweedie_correction(prior, truth, data_std):
     scheduler = DPMSolverMultistepScheduler(**SCHEDULE, prediction_type="sample")
     model = prior.denoiser(scheduler)
     noise_std, steps, shape = 0.1, 6, (2, 1, SIZE, SIZE)
@@ -121,7 +122,8 @@ def test_pigdm_with_dpm_solver_matches_the_tweedie_correction(prior, truth):
     observation = Observation.from_truth(truth, MaskOperator(mask), noise_std, generator=1)
     pipe = quiet(DPMSolverPipeline(unet=model, scheduler=scheduler))
     outputs = run_modes(lambda: pipe(batch_size=2, generator=0, num_inference_steps=steps, observation=observation,
-                                     guidance="pigdm", output_type="latent").images.asnumpy())
+                                     guidance="pigdm" if data_std == 1.0 else PiGDM(data_std=data_std),
+                                     output_type="latent").images.asnumpy())
 
     reference = DPMSolverMultistepScheduler(**SCHEDULE, prediction_type="sample")
     reference.set_timesteps(steps)
@@ -137,7 +139,7 @@ def test_pigdm_with_dpm_solver_matches_the_tweedie_correction(prior, truth):
         s = sigma * alpha
         t_batch = Tensor(np.full(shape[0], int(t), np.int32))
         x0 = model(x, t_batch)
-        r_sq = sigma ** 2 / (1 + sigma ** 2)  # ΠGDM eq. 8
+        r_sq = data_std ** 2 * sigma ** 2 / (data_std ** 2 + sigma ** 2)  # ΠGDM eq. 8 for data of std σ_d
         u = observation.residual(x0) / (r_sq + noise_std ** 2)  # (r²AAᵀ + σ_y²I)⁻¹ r for a mask
         score = vjp(x, t_batch, u)  # ∇ log p(y | x_t)
         x = reference.step(x0 + (s * s / alpha) * score, x, int(t))
@@ -316,6 +318,11 @@ def test_guidance_without_observation_and_resampling_a_multistep_solver_are_refu
         pipe(batch_size=1, num_inference_steps=3, observation=np.zeros((1, 1, SIZE, SIZE)), guidance="dps")
     with pytest.raises(ValueError, match="jump_length"):
         Replace(jump_length=0)
+    for bad in (0.0, -0.3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="data_std"):
+            PiGDM(data_std=bad)
+    with pytest.raises(TypeError, match="data_std"):
+        PiGDM(data_std="0.3")
 
 
 def test_conjugate_gradient_solves_spd_systems_and_stays_finite_on_indefinite_ones():

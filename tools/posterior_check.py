@@ -46,7 +46,7 @@ from mindscience_diffuser import (  # noqa: E402
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
 )
-from mindscience_diffuser.guidance import DPS, MMPS, Replace  # noqa: E402
+from mindscience_diffuser.guidance import DPS, MMPS, PiGDM, Replace  # noqa: E402
 from mindscience_diffuser.normalization import MODEL_INDEX_KEY, DataNormalization  # noqa: E402
 from mindscience_diffuser.observations import BlockAverage, MaskOperator, Observation  # noqa: E402
 from mindscience_diffuser.pipelines import DDIMPipeline, DPMSolverPipeline  # noqa: E402
@@ -140,6 +140,7 @@ METHODS: Dict[str, Method] = {
     "RePaint (DDIM, j = 5, r = 4)": guided(Replace(jump_length=5, resample_count=4), one_step_scheduler=True),
     "DPS (ζ = 1)": guided(DPS(step_size=1.0)),
     "ΠGDM": guided("pigdm"),
+    "ΠGDM (σ_d = prior std)": guided(PiGDM(data_std=PRIOR.pixel_std())),  # 0.3, the fields' std in model units
     "MMPS (3 CG steps)": guided(MMPS(cg_iterations=3)),
 }
 #: The number of sampler steps every loop-based method uses (--steps).
