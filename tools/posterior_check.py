@@ -118,6 +118,22 @@ def guided(guidance, one_step_scheduler: bool = False) -> Method:
     return method
 
 
+def observed_prior_std(observation: Observation) -> float:
+    """ΠGDM's σ_d matched to what A observes: σ_d² = mean_i (A Σ Aᵀ)_ii / (A Aᵀ)_ii over the
+    observed rows, so that σ_d² A Aᵀ has the prior variance of A x0 on its diagonal. For point
+    sensors that is the pixel variance; for block averages of a correlated field, the (larger)
+    variance of its smooth part."""
+    matrix = observation.operator.as_matrix(PRIOR.sample_shape)
+    matrix = matrix[np.any(matrix != 0, axis=1)]
+    observed_variance = np.einsum("ij,jk,ik->i", matrix, PRIOR.covariance(), matrix)
+    return float(np.sqrt(np.mean(observed_variance / np.einsum("ij,ij->i", matrix, matrix))))
+
+
+def pigdm_matched_to_operator(observation: Observation, pipe, num_samples: int, generator) -> np.ndarray:
+    """ΠGDM with σ_d from :func:`observed_prior_std` (computed from the prior and A on the host)."""
+    return guided(PiGDM(data_std=observed_prior_std(observation)))(observation, pipe, num_samples, generator)
+
+
 _DDIM_TWINS: Dict[int, DDIMPipeline] = {}
 
 
@@ -141,6 +157,7 @@ METHODS: Dict[str, Method] = {
     "DPS (ζ = 1)": guided(DPS(step_size=1.0)),
     "ΠGDM": guided("pigdm"),
     "ΠGDM (σ_d = prior std)": guided(PiGDM(data_std=PRIOR.pixel_std())),  # 0.3, the fields' std in model units
+    "ΠGDM (σ_d matched to A)": pigdm_matched_to_operator,
     "MMPS (3 CG steps)": guided(MMPS(cg_iterations=3)),
 }
 #: The number of sampler steps every loop-based method uses (--steps).
