@@ -255,7 +255,9 @@ class PiGDM(Guidance):
     σ_d (``data_std``): r_t² = σ_d² σ_t² / (σ_d² + σ_t²) with σ_t = s/a. The paper's eq. 8,
     σ_t²/(1 + σ_t²), is the case σ_d = 1, which assumes data scaled to unit variance; for data
     of another scale (the shipped field model's fields have σ_d = 0.3) the unit value
-    overstates r_t at the end of sampling, so the observations pull too weakly.
+    overstates r_t at the end of sampling, so the observations pull too weakly. What matters is
+    that σ_d² A Aᵀ carry the prior variance of A x0: :func:`matched_data_std` estimates that σ_d
+    from training fields (for block averages of a correlated field it is far above the pixel std).
     """
 
     name = "pigdm"
@@ -283,6 +285,48 @@ class PiGDM(Guidance):
 
     def denoised_correction(self, gradient, a, s):
         return (s * s / a) * gradient
+
+
+def matched_data_std(operator, fields=None, covariance=None, sample_shape=None) -> float:
+    r"""ΠGDM's ``data_std`` matched to what ``operator`` observes:
+
+        σ_d² = mean_i Var[(A x0)_i] / (A Aᵀ)_ii   over the observed rows i,
+
+    so that σ_d² A Aᵀ has the prior variance of A x0 on its diagonal. Var[A x0] comes either from
+    ``fields`` (N, ...), N ≥ 2 draws of x0 in the model's units (training fields), or from the
+    prior's dense ``covariance`` (n, n) with ``sample_shape`` (exactly: diag(A Σ Aᵀ)). For point
+    sensors σ_d is the pixel standard deviation; for block averages of a correlated field, the
+    larger one of its smooth part (docs/inverse_problems.md measures why the pixel value there
+    makes ΠGDM diverge). ``operator``: a linear one with ``as_matrix``.
+
+    >>> import numpy as np
+    >>> from mindscience_diffuser.observations import MaskOperator
+    >>> mask = np.zeros((1, 4, 4), np.float32); mask[0, 0, 0] = 1
+    >>> fields = 0.3 * np.random.default_rng(0).standard_normal((20000, 1, 4, 4))
+    >>> round(matched_data_std(MaskOperator(mask), fields), 2)
+    0.3
+    """
+    if (fields is None) == (covariance is None):
+        raise ValueError("give exactly one of fields (prior draws) and covariance (with sample_shape)")
+    if not callable(getattr(operator, "as_matrix", None)):
+        raise TypeError(f"operator must be a linear operator with as_matrix (MaskOperator, BlockAverage, "
+                        f"MatrixOperator), got {type(operator).__name__}")
+    if fields is not None:
+        fields = np.asarray(fields, np.float64)
+        if fields.ndim < 2 or fields.shape[0] < 2 or not np.isfinite(fields).all():
+            raise ValueError(f"fields must be finite (N, ...) prior draws with N >= 2, got shape {fields.shape}")
+        sample_shape = fields.shape[1:]
+    matrix = operator.as_matrix(sample_shape)
+    matrix = matrix[np.any(matrix != 0, axis=1)]
+    if fields is not None:
+        observed_variance = (fields.reshape(fields.shape[0], -1) @ matrix.T).var(axis=0, ddof=1)
+    else:
+        covariance = np.asarray(covariance, np.float64)
+        if covariance.shape != (matrix.shape[1],) * 2:
+            raise ValueError(f"covariance must be ({matrix.shape[1]}, {matrix.shape[1]}) for sample_shape "
+                             f"{tuple(sample_shape)}, got {covariance.shape}")
+        observed_variance = np.einsum("ij,jk,ik->i", matrix, covariance, matrix)
+    return float(np.sqrt(np.mean(observed_variance / np.einsum("ij,ij->i", matrix, matrix))))
 
 
 class MMPS(PiGDM):
@@ -421,5 +465,5 @@ def check_observation(observation: Observation, shape) -> None:
     observation.check(tuple(shape[1:]), shape[0])
 
 
-__all__ = ["Guidance", "Replace", "DPS", "PiGDM", "MMPS", "METHODS", "resolve_guidance", "conjugate_gradient",
-           "repaint_schedule", "plan_observation"]
+__all__ = ["Guidance", "Replace", "DPS", "PiGDM", "MMPS", "METHODS", "matched_data_std", "resolve_guidance",
+           "conjugate_gradient", "repaint_schedule", "plan_observation"]

@@ -23,7 +23,7 @@ from mindscience_diffuser import (
     DPMSolverPipeline,
     EulerDiscreteScheduler,
 )
-from mindscience_diffuser.guidance import DPS, MMPS, PiGDM, Replace, repaint_schedule
+from mindscience_diffuser.guidance import DPS, MMPS, PiGDM, Replace, matched_data_std, repaint_schedule
 from mindscience_diffuser.observations import BlockAverage, CellOperator, MaskOperator, MatrixOperator, Observation
 from mindscience_diffuser.training.posterior import GaussianFieldPrior, calibration_metrics, linear_gaussian_posterior
 
@@ -323,6 +323,33 @@ def test_guidance_without_observation_and_resampling_a_multistep_solver_are_refu
             PiGDM(data_std=bad)
     with pytest.raises(TypeError, match="data_std"):
         PiGDM(data_std="0.3")
+
+
+def test_matched_data_std_is_the_prior_variance_of_what_is_observed(prior):
+    """σ_d² = mean_i (A Σ Aᵀ)_ii / (A Aᵀ)_ii: the pixel variance for sensors, the (larger) variance
+    of the smooth part for block averages of this correlated prior; the estimate from prior draws
+    agrees with the exact value from the covariance."""
+    covariance, shape = prior.covariance(), prior.sample_shape
+    draws = prior.sample(20000, np.random.default_rng(0))
+    block = BlockAverage(2)
+    exact_block = matched_data_std(block, covariance=covariance, sample_shape=shape)
+    matrix = block.as_matrix(shape)
+    expected = np.sqrt(np.mean(np.diag(matrix @ covariance @ matrix.T) / (matrix ** 2).sum(axis=1)))
+    assert exact_block == pytest.approx(expected, rel=1e-12)
+    assert exact_block > 1.3 * prior.pixel_std()
+    sensors = MaskOperator(sensor_mask())
+    assert matched_data_std(sensors, covariance=covariance, sample_shape=shape) == pytest.approx(prior.pixel_std())
+    for operator in (block, sensors):
+        exact = matched_data_std(operator, covariance=covariance, sample_shape=shape)
+        assert matched_data_std(operator, draws) == pytest.approx(exact, rel=0.03)
+    with pytest.raises(ValueError, match="exactly one of fields"):
+        matched_data_std(block)
+    with pytest.raises(ValueError, match="N >= 2"):
+        matched_data_std(block, draws[:1])
+    with pytest.raises(ValueError, match="covariance must be"):
+        matched_data_std(block, covariance=np.eye(3), sample_shape=shape)
+    with pytest.raises(TypeError, match="as_matrix"):
+        matched_data_std(CellOperator(Square()), draws)
 
 
 def test_conjugate_gradient_solves_spd_systems_and_stays_finite_on_indefinite_ones():

@@ -46,7 +46,7 @@ from mindscience_diffuser import (  # noqa: E402
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
 )
-from mindscience_diffuser.guidance import DPS, MMPS, PiGDM, Replace  # noqa: E402
+from mindscience_diffuser.guidance import DPS, MMPS, PiGDM, Replace, matched_data_std  # noqa: E402
 from mindscience_diffuser.normalization import MODEL_INDEX_KEY, DataNormalization  # noqa: E402
 from mindscience_diffuser.observations import BlockAverage, MaskOperator, Observation  # noqa: E402
 from mindscience_diffuser.pipelines import DDIMPipeline, DPMSolverPipeline  # noqa: E402
@@ -118,20 +118,11 @@ def guided(guidance, one_step_scheduler: bool = False) -> Method:
     return method
 
 
-def observed_prior_std(observation: Observation) -> float:
-    """ΠGDM's σ_d matched to what A observes: σ_d² = mean_i (A Σ Aᵀ)_ii / (A Aᵀ)_ii over the
-    observed rows, so that σ_d² A Aᵀ has the prior variance of A x0 on its diagonal. For point
-    sensors that is the pixel variance; for block averages of a correlated field, the (larger)
-    variance of its smooth part."""
-    matrix = observation.operator.as_matrix(PRIOR.sample_shape)
-    matrix = matrix[np.any(matrix != 0, axis=1)]
-    observed_variance = np.einsum("ij,jk,ik->i", matrix, PRIOR.covariance(), matrix)
-    return float(np.sqrt(np.mean(observed_variance / np.einsum("ij,ij->i", matrix, matrix))))
-
-
 def pigdm_matched_to_operator(observation: Observation, pipe, num_samples: int, generator) -> np.ndarray:
-    """ΠGDM with σ_d from :func:`observed_prior_std` (computed from the prior and A on the host)."""
-    return guided(PiGDM(data_std=observed_prior_std(observation)))(observation, pipe, num_samples, generator)
+    """ΠGDM with σ_d = matched_data_std(A, exact prior covariance): σ_d² A Aᵀ carries the prior
+    variance of A x0 (0.3 for the sensors, 0.97 for the block averages)."""
+    data_std = matched_data_std(observation.operator, covariance=PRIOR.covariance(), sample_shape=PRIOR.sample_shape)
+    return guided(PiGDM(data_std=data_std))(observation, pipe, num_samples, generator)
 
 
 _DDIM_TWINS: Dict[int, DDIMPipeline] = {}
