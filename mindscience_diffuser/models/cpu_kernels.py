@@ -13,10 +13,7 @@ docs/benchmarks.md), MindSpore 2.8's CPU kernels leave two costs that these remo
 
 Both run through ``ops.Custom(func_type="aot")``: each source is compiled once per machine with
 ``g++`` into a cache folder and loaded by path. Which implementation a layer uses is fixed when it
-is built, from :func:`cpu_kernels_choice` (``"plain"`` unless set: under MindSpore 2.8,
-compiling a whole sampling loop whose UNet holds the aot kernels did not finish within 3 minutes
-in GRAPH_MODE (the shipped model, batch 4, 5 steps; the plain loop compiles in 3 s), so the
-kernels are opt-in, for UNet forwards and training, until that is solved):
+is built, from :func:`cpu_kernels_choice` (``"plain"`` unless set):
 
 - ``"auto"``: the C++ kernels when ``mindspore.get_context("device_target") == "CPU"`` and they
   compile, else the plain ops (a failed build warns once and falls back);
@@ -228,19 +225,40 @@ def _tiles(size: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def winograd_ops():
-    """The three aot transforms (kernels/winograd_cpu.cc), float32:
+def winograd_transforms():
+    """The filter and input transforms of kernels/winograd_cpu.cc (aot, float32, no gradient):
 
     filter (O, C, 3, 3) -> U (16, O, C); input (B, C, H, W) -> V (16, C, T) with T = B·⌈H/2⌉·⌈W/2⌉
-    tiles; output (M (16, O, T), bias (O,), x) -> (B, O, H, W), x read for its shape only.
+    tiles.
     """
     library = compiled_library(WINOGRAD_SOURCE)
     filter_op = ops.Custom(f"{library}:WinogradFilter", lambda g: [16, g[0], g[1]], _same_as_input, "aot")
     input_op = ops.Custom(f"{library}:WinogradInput", lambda x: [16, x[1], x[0] * _tiles(x[2]) * _tiles(x[3])],
                           _same_as_input, "aot")
-    output_op = ops.Custom(f"{library}:WinogradOutput", lambda m, b, x: [x[0], m[1], x[2], x[3]], _same_as_input,
-                           "aot")
-    return filter_op, input_op, output_op
+    return filter_op, input_op
+
+
+def winograd_output_op(out_channels: int) -> ops.Custom:
+    """The output transform (M (16, O, T), bias (O,), x, weight) -> y (B, O, H, W), carrying the
+    whole convolution's gradient as the primitive's bprop: x (read for its shape) and weight (not
+    read) are inputs so that the bprop can return dx and dweight with the plain convolution's
+    backward kernels. M gets a zero gradient: the transforms before it are under ``stop_gradient``.
+
+    The gradient sits on a primitive, not on a Cell's ``bprop``, because MindSpore 2.8 keeps a
+    Cell with ``bprop`` as a graph of its own, and inside the sampling loop's ``while`` its
+    backend then walks the model recursively without finishing (the shipped three-level UNet did
+    not compile in 5 minutes); with the primitive bprop the loop compiles in seconds.
+    """
+    input_grad = ops.Conv2DBackpropInput(out_channels, 3, pad_mode="pad", pad=1)
+    # pad_list too: this primitive's default (0, 0, 0, 0) overrides pad and breaks the descriptor.
+    filter_grad = _grad_ops.Conv2DBackpropFilter(out_channels, 3, pad_mode="pad", pad=1, pad_list=(1, 1, 1, 1))
+
+    def bprop(products, bias, x, weight, out, dout):
+        return (ops.zeros_like(products), dout.sum(axis=(0, 2, 3)), input_grad(dout, weight, x.shape),
+                filter_grad(dout, x, weight.shape))
+
+    return ops.Custom(f"{compiled_library(WINOGRAD_SOURCE)}:WinogradOutput",
+                      lambda m, b, x, w: [x[0], m[1], x[2], x[3]], _same_as_input, "aot", bprop=bprop)
 
 
 class WinogradConv3x3(nn.Cell):
@@ -248,23 +266,16 @@ class WinogradConv3x3(nn.Cell):
 
     With U = G g Gᵀ per filter and V = Bᵀ d B per 4×4 input tile (kernels/winograd_cpu.cc), each
     2×2 output tile is Aᵀ [Σ_c U ⊙ V] A: the channel sums are 16 matrix products, one BatchMatMul.
-    The backward pass is the plain convolution's (``Conv2DBackpropInput`` / ``Conv2DBackpropFilter``),
-    so gradients equal the plain layer's up to rounding.
+    The backward pass is the plain convolution's (:func:`winograd_output_op`), so gradients equal
+    the plain layer's up to rounding.
     """
 
     def __init__(self, out_channels: int):
         super().__init__()
-        self.filter_transform, self.input_transform, self.output_transform = winograd_ops()
+        self.filter_transform, self.input_transform = winograd_transforms()
         self.batch_matmul = ops.BatchMatMul()
-        self.input_grad = ops.Conv2DBackpropInput(out_channels, 3, pad_mode="pad", pad=1)
-        # pad_list too: this primitive's default (0, 0, 0, 0) overrides pad and breaks the descriptor.
-        self.filter_grad = _grad_ops.Conv2DBackpropFilter(out_channels, 3, pad_mode="pad", pad=1,
-                                                          pad_list=(1, 1, 1, 1))
+        self.output_transform = winograd_output_op(out_channels)
 
     def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         products = self.batch_matmul(self.filter_transform(weight), self.input_transform(x))
-        return self.output_transform(products, bias, x)
-
-    def bprop(self, x, weight, bias, out, dout):
-        return (self.input_grad(dout, weight, x.shape), self.filter_grad(dout, x, weight.shape),
-                dout.sum(axis=(0, 2, 3)))
+        return self.output_transform(ops.stop_gradient(products), bias, x, weight)

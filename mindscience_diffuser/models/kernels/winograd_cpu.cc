@@ -127,7 +127,8 @@ extern "C" int WinogradInput(int nparam, void **params, int *ndims, int64_t **sh
 
 extern "C" int WinogradOutput(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *,
                               void *) {
-  if (nparam != 4 || ndims[0] != 3 || ndims[2] != 4) return 1;
+  // inputs m, bias, x (read for its shape), weight (read only by the gradient); output y
+  if (nparam != 5 || ndims[0] != 3 || ndims[2] != 4) return 1;
   const int64_t out_channels = shapes[0][1];
   const int64_t batch = shapes[2][0], height = shapes[2][2], width = shapes[2][3];
   const int64_t tiles_h = tiles(height), tiles_w = tiles(width), per_image = tiles_h * tiles_w;
@@ -135,7 +136,7 @@ extern "C" int WinogradOutput(int nparam, void **params, int *ndims, int64_t **s
   if (shapes[0][2] != num_tiles) return 1;
   const float *m = static_cast<const float *>(params[0]);
   const float *bias = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
   // One (b, o) image at a time: its 16 planes copied in as contiguous runs (see WinogradInput),
   // then a row of tiles at a time, A^T M down the 4 rows and M A across into two output rows.
   const int64_t padded_w = 2 * tiles_w;
