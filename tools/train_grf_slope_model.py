@@ -70,8 +70,8 @@ SAMPLE_STEPS = 25
 # The default model's recipe (warm-up, constant 1e-3, cosine decay over the last LR_DECAY_STEPS,
 # min-SNR weights, EMA), fewer steps for the 2 shared cores, and condition dropout 0.1 so that the
 # model learns the unconditional prediction too (classifier-free guidance, Ho & Salimans 2022).
-STEPS = 3000
-LR_DECAY_STEPS = 1000
+STEPS = 2500
+LR_DECAY_STEPS = 800
 TRAINER = dict(learning_rate=1e-3, batch_size=16, loss="mse", weighting="min_snr", min_snr_gamma=5.0,
                ema_decay=0.995, warmup_steps=50, max_grad_norm=1.0, seed=0,
                lr_schedule="cosine", num_training_steps=STEPS, lr_decay_steps=LR_DECAY_STEPS,
