@@ -303,11 +303,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     parser.add_argument("--patterns", type=int, nargs="+", choices=(0, 1, 2), default=None,
                         help="only these patterns (0: random pixels, 1: block averages, 2: left half); default: all")
+    parser.add_argument("--dps-step-sizes", type=float, nargs="+", default=(),
+                        help="also rows of DPS with these step sizes ζ (a sweep)")
     args = parser.parse_args()
     ms.set_context(mode=ms.GRAPH_MODE)
     global NUM_INFERENCE_STEPS
     NUM_INFERENCE_STEPS = args.steps
     methods = {name: METHODS[name] for name in (args.methods or METHODS)}
+    methods.update({f"DPS (ζ = {zeta:g})": guided(DPS(step_size=zeta)) for zeta in args.dps_step_sizes})
     counts = {"exact": args.num_samples, "shipped": args.num_samples_shipped}
     rows = evaluate(methods, {name: counts[name] for name in args.denoisers}, args.seed, args.patterns)
     print(markdown_table(rows))
