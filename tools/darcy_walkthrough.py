@@ -53,8 +53,8 @@ SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", pr
 SAMPLER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
                algorithm_type="dpmsolver++", solver_order=2, use_lu_lambdas=True)
 SAMPLE_STEPS = 25
-STEPS = 2000
-LR_DECAY_STEPS = 700
+STEPS = 1000
+LR_DECAY_STEPS = 350
 TRAINER = dict(learning_rate=1e-3, batch_size=16, loss="mse", weighting="min_snr", min_snr_gamma=5.0,
                ema_decay=0.995, warmup_steps=50, max_grad_norm=1.0, seed=0,
                lr_schedule="cosine", num_training_steps=STEPS, lr_decay_steps=LR_DECAY_STEPS)
