@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+import train_default_model as recipe  # noqa: E402
 from recipe_steps import export_ema, train_resumably, trainer_at_latest_checkpoint  # noqa: E402
 
 from mindscience_diffuser import DDIMScheduler, DiffusionPipeline  # noqa: E402
@@ -48,16 +49,10 @@ FIELDS = dict(kind="darcy", size=32)
 NUM_TRAIN, TRAIN_SEED, TRUTH_SEED, WELL_SEED = 4096, 0, 1, 2
 WELL_FRACTION, WELL_NOISE = 0.03, 0.05
 # The default model's schedule, target, sampler and recipe (tools/train_default_model.py), shorter.
-SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-                 clip_sample=False)
-SAMPLER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-               algorithm_type="dpmsolver++", solver_order=2, use_lu_lambdas=True)
-SAMPLE_STEPS = 25
+SCHEDULER, SAMPLER, SAMPLE_STEPS = recipe.SCHEDULER, recipe.SAMPLER, recipe.SAMPLE_STEPS
 STEPS = 1000
 LR_DECAY_STEPS = 350
-TRAINER = dict(learning_rate=1e-3, batch_size=16, loss="mse", weighting="min_snr", min_snr_gamma=5.0,
-               ema_decay=0.995, warmup_steps=50, max_grad_norm=1.0, seed=0,
-               lr_schedule="cosine", num_training_steps=STEPS, lr_decay_steps=LR_DECAY_STEPS)
+TRAINER = {**recipe.TRAINER, "num_training_steps": STEPS, "lr_decay_steps": LR_DECAY_STEPS}
 DEFAULT_RUN = Path("/tmp/msd_darcy_run")
 DEFAULT_MODEL = Path("/tmp/msd_darcy_model")
 
