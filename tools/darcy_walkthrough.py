@@ -25,6 +25,7 @@ the wells (seed 2).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -57,8 +58,10 @@ DEFAULT_RUN = Path("/tmp/msd_darcy_run")
 DEFAULT_MODEL = Path("/tmp/msd_darcy_model")
 
 
-def training_fields() -> np.ndarray:
-    return SyntheticFieldDataset(num_samples=NUM_TRAIN, seed=TRAIN_SEED, **FIELDS).data
+@functools.lru_cache(maxsize=None)
+def training_data() -> SyntheticFieldDataset:
+    """The training set (generated once per process: ``evaluate`` reads it for every truth)."""
+    return SyntheticFieldDataset(num_samples=NUM_TRAIN, seed=TRAIN_SEED, **FIELDS)
 
 
 def build_trainer(run_dir: Path) -> DiffusionTrainer:
@@ -70,8 +73,7 @@ def build_trainer(run_dir: Path) -> DiffusionTrainer:
 
 def cmd_train(args) -> None:
     trainer = build_trainer(args.run_dir)
-    train_resumably(trainer, SyntheticFieldDataset(num_samples=NUM_TRAIN, seed=TRAIN_SEED, **FIELDS), STEPS,
-                    args.minutes)
+    train_resumably(trainer, training_data(), STEPS, args.minutes)
     export_ema(trainer, args.model, SAMPLER)
 
 
@@ -92,7 +94,7 @@ def methods(mask: np.ndarray) -> dict:
     return {
         "prior only (ignores the wells)": None,
         "DPS (ζ = 1)": DPS(step_size=1.0),
-        "ΠGDM (σ_d matched)": PiGDM(data_std=matched_data_std(MaskOperator(mask), training_fields()[:1024])),
+        "ΠGDM (σ_d matched)": PiGDM(data_std=matched_data_std(MaskOperator(mask), training_data().data[:1024])),
         "MMPS (3 CG steps)": MMPS(cg_iterations=3),
     }
 
