@@ -270,9 +270,6 @@ class PiGDM(Guidance):
         super().__init__()
         self.cg_iterations = check_positive("cg_iterations", cg_iterations, integer=True)
         self.data_std = check_positive("data_std", data_std)
-        if not np.isfinite(self.data_std):
-            raise ValueError(f"data_std must be a finite positive number (the prior's standard deviation), "
-                             f"got {data_std!r}")
 
     def options(self) -> dict:
         return {"cg_iterations": self.cg_iterations, "data_std": self.data_std}

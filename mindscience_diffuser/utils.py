@@ -37,7 +37,9 @@ def check_positive(name: str, value, integer: bool = False, allow_zero: bool = F
 
     The one argument check of the package: ``bool`` is never a number here, and ``integer``
     accepts Python and numpy ints only (``2.0`` is a wrong type, as in ``range``).
-    ``allow_zero`` admits 0; ``minimum`` (inclusive) replaces the lower bound altogether.
+    ``allow_zero`` admits 0; ``minimum`` (inclusive) replaces the lower bound altogether. Floats
+    must be finite: an infinite rate, scale or noise level is never what a caller means, and
+    downstream it becomes NaN rather than an error.
 
     Raises :class:`ArgumentTypeError` (a ``TypeError``) for a wrong type and ``ValueError`` for a
     value below the bound, each message naming the argument and what it allows.
@@ -67,6 +69,8 @@ def check_positive(name: str, value, integer: bool = False, allow_zero: bool = F
         bound = minimum if minimum is not None else 0 if allow_zero else 1 if integer else None
         limit = f"at least {bound}" if bound is not None else "greater than 0"
         raise ValueError(f"{name} must be {allowed}, got {value!r} ({limit})")
+    if not integer and not np.isfinite(value):
+        raise ValueError(f"{name} must be {allowed}, got {value!r} (finite)")
     return int(value) if integer else float(value)
 
 

@@ -47,6 +47,9 @@ def test_check_positive_wrong_type_is_a_type_error_naming_the_argument(value, ki
     (-1, {"integer": True}, "a positive int"),
     (-0.5, {"allow_zero": True}, "a non-negative number"),
     (math.nan, {}, "a positive number"),
+    (math.inf, {}, "a positive number"),
+    (np.float32("inf"), {"allow_zero": True}, "a non-negative number"),
+    (math.inf, {"minimum": 1.0}, "a number >= 1.0"),
     (1, {"integer": True, "minimum": 2}, "an int >= 2"),
 ])
 def test_check_positive_wrong_value_is_a_value_error(value, kind, allowed):
