@@ -247,7 +247,24 @@ def test_a_bad_flag_is_one_error_line_and_status_2(capsys):
 TRAIN = ["--batch-size", 2, "--num-samples", 4, "--resolution", 8, "--mode", "pynative", "--quiet"]
 
 
-def test_train_refuses_an_earlier_runs_checkpoints_unless_resume_or_overwrite(tmp_path, capsys):
+@pytest.fixture
+def eager_train_steps(monkeypatch):
+    """The trainer's optimizer step run eagerly instead of through ``ms.jit``: the same Cell and
+    the same numbers, without the 10-20 s compile per run. For the tests of what the command wires
+    up (refusals, resume, condition sources, export); ``test_train_job_file_runs_a_few_steps`` and
+    the Ctrl-C test keep the compiled step."""
+    from mindscience_diffuser.training import DiffusionTrainer
+
+    build = DiffusionTrainer.__init__
+
+    def eager(self, *args, **kwargs):
+        build(self, *args, **kwargs)
+        self._compiled_step = self._step_cell
+
+    monkeypatch.setattr(DiffusionTrainer, "__init__", eager)
+
+
+def test_train_refuses_an_earlier_runs_checkpoints_unless_resume_or_overwrite(tmp_path, capsys, eager_train_steps):
     """A second run into the same --output would prune the first run's checkpoints: refused."""
     out = tmp_path / "run"
     assert run("train", "--output", out, "--steps", 2, "--checkpoint-every", 1, *TRAIN) == 0
@@ -261,7 +278,7 @@ def test_train_refuses_an_earlier_runs_checkpoints_unless_resume_or_overwrite(tm
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
 
 
-def test_resume_names_its_checkpoint_and_a_finished_run_says_so(tmp_path, capsys):
+def test_resume_names_its_checkpoint_and_a_finished_run_says_so(tmp_path, capsys, eager_train_steps):
     out = tmp_path / "run"
     assert run("train", "--output", out, "--steps", 2, "--checkpoint-every", 2, *TRAIN) == 0
     capsys.readouterr()
@@ -441,7 +458,7 @@ def train_tiny(tmp_path, *args):
 
 
 @pytest.mark.parametrize("how", ["npz", "key", "file", "vary"])
-def test_train_a_conditional_model_from_every_condition_source(how, tmp_path):
+def test_train_a_conditional_model_from_every_condition_source(how, tmp_path, eager_train_steps):
     """--data paired.npz (its condition array), --condition KEY of it, --condition FILE, and
     synthetic data with --vary all build a UNet with a vector projection of the condition; with
     --condition-dropout the exported folder records its null condition."""
@@ -486,7 +503,7 @@ def test_sample_condition_flags_are_checked_before_any_compute(model_dir, tmp_pa
     assert not (tmp_path / "b.png").exists()
 
 
-def test_sample_a_conditional_model_with_guidance(tmp_path, capsys):
+def test_sample_a_conditional_model_with_guidance(tmp_path, capsys, eager_train_steps):
     """train on paired data with condition dropout, then sample with an inline condition and a
     guidance scale, and with a condition file: fields come out; guiding changes them."""
     assert train_tiny(tmp_path, "--data", paired_npz(tmp_path), "--condition-dropout", 0.2) == 0
