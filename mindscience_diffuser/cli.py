@@ -934,7 +934,7 @@ def cmd_assimilate(opts: argparse.Namespace) -> int:
     """Posterior samples given observations (``Observation.from_npz``: values in the model's
     units, a mask, noise_std), by one of mindscience_diffuser.guidance's methods."""
     _set_mode(opts.mode)
-    from .guidance import METHODS, PiGDM
+    from .guidance import METHODS
     from .observations import Observation
 
     model = _model_dir(opts.model)
@@ -943,8 +943,9 @@ def cmd_assimilate(opts: argparse.Namespace) -> int:
         raise UsageError(f"--output {output} must end in .npz (it holds samples, mean and std)")
     if opts.method not in METHODS:
         raise UsageError(f"--method must be one of {sorted(METHODS)}, got {opts.method!r}")
-    if opts.data_std is not None and opts.method != "pigdm":
-        raise UsageError(f"--data-std is ΠGDM's prior scale: it needs --method pigdm, got --method {opts.method}")
+    if opts.data_std is not None and opts.method not in ("pigdm", "mmps"):
+        raise UsageError(f"--data-std is ΠGDM's prior scale (and MMPS's safeguard fallback): it needs --method pigdm "
+                         f"or mmps, got --method {opts.method}")
     observation = Observation.from_npz(_existing_path(opts.observations))
     truth = _load_array(_existing_path(opts.truth)) if opts.truth else None
     pipeline = _model_pipeline(model)
@@ -954,7 +955,7 @@ def cmd_assimilate(opts: argparse.Namespace) -> int:
     kwargs: Dict[str, Any] = {"batch_size": opts.num_samples, "generator": opts.seed, "output_type": "latent",
                               "observation": observation, "guidance": opts.method}
     if opts.data_std is not None:
-        kwargs["guidance"] = PiGDM(data_std=opts.data_std)
+        kwargs["guidance"] = METHODS[opts.method](data_std=opts.data_std)
     if pipeline != "consistency" or opts.steps is not None:
         kwargs["num_inference_steps"] = opts.steps or 25
     start = time.perf_counter()
@@ -989,8 +990,8 @@ COMMANDS = COMMANDS + (
                "and noise_std", required=True),
         Option("method", "posterior-sampling method (see docs/inverse_problems.md)", default="dps",
                choices=("dps", "mmps", "pigdm", "replace")),
-        Option("data_std", "pigdm only: the prior's standard deviation σ_d in the model's units (r_t² = "
-               "σ_d²σ_t²/(σ_d² + σ_t²))", _positive_number, shown_default="1, the paper's unit-variance prior"),
+        Option("data_std", "pigdm and mmps: the prior's standard deviation σ_d in the model's units (ΠGDM's r_t² = "
+               "σ_d²σ_t²/(σ_d² + σ_t²); MMPS uses it where its safeguard falls back to ΠGDM)", _positive_number, shown_default="1, the paper's unit-variance prior"),
         Option("num_samples", "posterior samples", _positive_int, default=16),
         Option("steps", "inference steps", _positive_int, shown_default="25; consistency: 1"),
         Option("seed", "random seed", _integer, default=0),

@@ -41,7 +41,7 @@ def _per_sample_sum(x: Tensor) -> Tensor:
     return x.reshape((x.shape[0], -1)).sum(axis=1).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
 
 
-def conjugate_gradient(matvec, b: Tensor, iterations: int) -> Tensor:
+def conjugate_gradient(matvec, b: Tensor, iterations: int, return_residual: bool = False):
     """u ≈ M⁻¹ b for a symmetric positive definite M given as ``matvec``, by ``iterations`` steps
     of conjugate gradients (Hestenes & Stiefel 1952), independently per sample (inner products
     over the non-batch axes). A fixed count, unrolled: the compiled graph has no data-dependent
@@ -50,7 +50,10 @@ def conjugate_gradient(matvec, b: Tensor, iterations: int) -> Tensor:
     Safeguarded as truncated CG (Steihaug 1983): a sample whose search direction meets
     non-positive curvature dᵀMd ≤ 0 keeps its current iterate from then on. MMPS's M contains a
     learned denoiser's Jacobian, which need not be symmetric positive definite (with the shipped
-    model, unguarded CG divided by such curvatures and returned NaN)."""
+    model, unguarded CG divided by such curvatures and returned NaN).
+
+    ``return_residual``: also return the recursion's residual b − M u, which MMPS's safeguard
+    reads (it costs no further product with M)."""
     u = ops.zeros_like(b)
     residual = b
     direction = b
@@ -66,6 +69,8 @@ def conjugate_gradient(matvec, b: Tensor, iterations: int) -> Tensor:
         rr_next = _per_sample_sum(residual * residual)
         direction = residual + (rr_next / ops.maximum(rr, 1e-30)) * direction
         rr = rr_next
+    if return_residual:
+        return u, residual
     return u
 
 
@@ -338,17 +343,62 @@ class MMPS(PiGDM):
     gradient, as the exact one is). For a Gaussian prior and a linear A this is the exact
     likelihood score, so with the exact denoiser the sampler draws the exact posterior up to its
     discretisation. Cost: ``cg_iterations`` + 1 backward passes per step.
+
+    ``safeguard`` (default on) holds each sample's correction to what an exact one can do.
+    With a positive semi-definite covariance C the correction of x̂0 moves the prediction by
+    A δx̂0 = A C Aᵀ (σ_y² I + A C Aᵀ)⁻¹ r: every eigencomponent of the residual shrinks by
+    λ/(λ + σ_y²) ∈ [0, 1), so the move points toward the data and is never longer than r. A
+    learned denoiser's Jacobian breaks this where it is poorly determined, at high noise (there
+    (s²/a)·J is the difference of two large terms the network only approximates). With the
+    shipped field model and 5% sensors, CG met non-positive curvature at once for the first
+    steps (no guidance at all), then at the first positive but tiny curvature moved one sample
+    78 times its residual, which the later steps never recovered from (docs/inverse_problems.md).
+    So, per sample:
+
+    - where CG's own solution would not move the prediction toward the data (⟨A δx̂0, r⟩ ≤ 0,
+      read from the CG state at no extra cost; this includes a breakdown at its first step),
+      ΠGDM's weights with ``data_std`` are used instead (a positive definite white covariance);
+    - the correction actually applied (after the one backward pass) is scaled back to a move
+      of length |r| where it is longer, and dropped where it moves away from the data.
+
+    With the exact denoiser neither is expected to act (the tests check that its samples are
+    still the exact posterior's); ``safeguard=False`` is the plain method.
     """
 
     name = "mmps"
     uses_jacobian = True
 
-    def __init__(self, cg_iterations: int = 5):
-        super().__init__(cg_iterations)
+    def __init__(self, cg_iterations: int = 5, safeguard: bool = True, data_std: float = 1.0):
+        super().__init__(cg_iterations, data_std)
+        if not isinstance(safeguard, (bool, np.bool_)):
+            raise TypeError(f"safeguard must be True or False, got {type(safeguard).__name__} {safeguard!r}")
+        self.safeguard = bool(safeguard)
 
     def options(self) -> dict:
-        # the covariance comes from the denoiser's Jacobian: no prior scale to set
-        return {"cg_iterations": self.cg_iterations}
+        if not self.safeguard:  # data_std only enters through the safeguard's fallback
+            return {"cg_iterations": self.cg_iterations, "safeguard": False}
+        return {"cg_iterations": self.cg_iterations, "safeguard": True, "data_std": self.data_std}
+
+    def safeguarded_weights(self, u: Tensor, cg_residual: Tensor, residual: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        """The weights to apply, from CG's solution ``u`` of M u = r (``residual``) and its
+        recursion residual r − M u (``cg_residual``): CG's predicted move (s²/a) A J Aᵀ u is
+        r − σ_y² u − (r − M u), so it is checked without another pass through the denoiser."""
+        if not self.safeguard:
+            return u
+        move = residual - (self.noise_std ** 2) * u - cg_residual
+        return ops.where(_per_sample_sum(move * residual) > 0, u, super().weights(residual, a, s))
+
+    def safeguarded_gradient(self, gradient: Tensor, residual: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        """``gradient`` (g = Jᵀ Aᵀ u) scaled so that its correction's move A (s²/a) g is at most
+        as long as r, and zero where that move points away from the data."""
+        if not self.safeguard:
+            return gradient
+        move = self.operator(self.denoised_correction(gradient, a, s))
+        length_sq, residual_sq = _per_sample_sum(move * move), _per_sample_sum(residual * residual)
+        shrink = ops.sqrt(residual_sq / ops.maximum(ops.maximum(length_sq, residual_sq), 1e-30))
+        factor = ops.where(_per_sample_sum(move * residual) > 0, shrink, ops.zeros_like(shrink))
+        # y's rank can differ from the sample's (a dense operator's y is (B, m))
+        return gradient * factor.reshape((gradient.shape[0],) + (1,) * (gradient.ndim - 1))
 
 
 #: ``guidance=`` names

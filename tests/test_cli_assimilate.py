@@ -46,7 +46,7 @@ def test_assimilate_data_std_sets_the_pigdm_prior_scale(tmp_path, observation_fi
     (["--output", "/no/such/folder/post.npz"], "output folder does not exist"),
     (["--output", "post.npy"], "must end in .npz"),
     (["--method", "replace"], "noise-free"),
-    (["--method", "dps", "--data-std", "0.3"], "needs --method pigdm"),
+    (["--method", "dps", "--data-std", "0.3"], "needs --method pigdm or mmps"),
 ])
 def test_assimilate_errors_exit_2_with_one_line(tmp_path, observation_file, capsys, args, message):
     argv = ["assimilate", "--observations", str(observation_file), "--num-samples", "2", "--steps", "1",
@@ -70,4 +70,28 @@ def test_assimilate_refuses_a_data_std_that_is_not_a_positive_number(tmp_path, o
                                "--data-std", value, "--output", str(tmp_path / "post.npz")]))
     assert exit_info.value.code == 2
     assert f"--data-std: must be a positive number, got {value!r}" in capsys.readouterr().err
+    assert not (tmp_path / "post.npz").exists()
+
+
+@pytest.mark.parametrize("method, expected", [("pigdm", "PiGDM"), ("mmps", "MMPS")])
+def test_assimilate_data_std_configures_the_chosen_method(tmp_path, observation_file, monkeypatch, method, expected):
+    """--data-std builds the method itself with that σ_d (MMPS: its safeguard's ΠGDM fallback)."""
+    from mindscience_diffuser import cli
+
+    calls = []
+
+    class Recorder:
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+        def __call__(self, **kwargs):
+            calls.append(kwargs)
+            raise KeyboardInterrupt  # stop before any compute
+
+    monkeypatch.setattr(cli, "_build_pipeline", lambda *args: Recorder())
+    with pytest.raises(KeyboardInterrupt):
+        main(["assimilate", "--observations", str(observation_file), "--method", method, "--data-std", "0.5",
+              "--output", str(tmp_path / "post.npz")])
+    guide = calls[0]["guidance"]
+    assert type(guide).__name__ == expected and guide.data_std == 0.5
     assert not (tmp_path / "post.npz").exists()

@@ -208,6 +208,52 @@ def test_mmps_with_the_exact_denoiser_samples_the_exact_posterior(prior, truth):
     assert 0.8 < figures["samples_in_exact_interval"] < 0.97
 
 
+def attached_mmps(truth, **options):
+    mask = sensor_mask(0.5)
+    guide = MMPS(cg_iterations=3, **options).attach(Observation.from_truth(truth, MaskOperator(mask), 0.1,
+                                                                           generator=1))
+    residual = mask * np.random.default_rng(0).standard_normal((3, 1, SIZE, SIZE)).astype(np.float32)
+    return guide, Tensor(residual), Tensor(np.float32(0.8)), Tensor(np.float32(0.6))
+
+
+def test_mmps_safeguard_bounds_the_applied_correction_to_what_an_exact_one_can_do(truth):
+    """An exact (PSD-covariance) correction moves A x̂0 toward y by at most |r|: a move 3×|r| is
+    scaled back to |r|, a move away from the data dropped, a move of 0.5·r kept."""
+    guide, r, a, s = attached_mmps(truth)
+    moves = np.array([3.0, -1.0, 0.5], np.float32).reshape(3, 1, 1, 1)
+    gradient = r * Tensor(moves) / (s * s / a)  # the correction (s²/a)·g then moves A x̂0 by moves·r
+    out = guide.safeguarded_gradient(gradient, r, a, s).asnumpy()
+    np.testing.assert_allclose(out, gradient.asnumpy() * np.array([1 / 3, 0, 1]).reshape(3, 1, 1, 1), rtol=1e-5,
+                               atol=1e-7)
+    plain, *_ = attached_mmps(truth, safeguard=False)
+    np.testing.assert_array_equal(plain.safeguarded_gradient(gradient, r, a, s).asnumpy(), gradient.asnumpy())
+
+
+def test_mmps_safeguard_falls_back_to_pigdm_where_cg_does_not_move_toward_the_data(truth):
+    """CG's predicted move r − σ_y² u − (r − M u): toward the data keeps CG's u; zero (a
+    breakdown at the first step, u = 0) or away takes ΠGDM's weights with data_std."""
+    guide, r, a, s = attached_mmps(truth, data_std=0.5)
+    residual = r.asnumpy()
+    # σ_y² u = c·r with a converged CG: the move is (1 − c)·r: toward for c = 0.5, away for c = 2
+    u = (np.array([0.5, 0.0, 2.0], np.float32).reshape(3, 1, 1, 1) * residual / 0.01).astype(np.float32)
+    cg_residual = np.zeros_like(u)
+    cg_residual[1] = residual[1]  # u = 0: the recursion's residual is r itself, the move 0
+    out = guide.safeguarded_weights(Tensor(u), Tensor(cg_residual), r, a, s).asnumpy()
+    r_sq = 0.25 * (0.6 / 0.8) ** 2 / (0.25 + (0.6 / 0.8) ** 2)  # ΠGDM's r_t² with σ_d = 0.5
+    pigdm = residual / (r_sq + 0.01)
+    np.testing.assert_allclose(out[0], u[0], rtol=1e-6)
+    np.testing.assert_allclose(out[1:], pigdm[1:], rtol=1e-5)
+
+
+def test_mmps_options_and_bad_safeguard():
+    assert MMPS().key() == ("MMPS", ("cg_iterations", 5), ("data_std", 1.0), ("safeguard", True))
+    assert MMPS(safeguard=False).key() == ("MMPS", ("cg_iterations", 5), ("safeguard", False))
+    with pytest.raises(TypeError, match="safeguard must be True or False"):
+        MMPS(safeguard="yes")
+    with pytest.raises(ValueError, match="data_std"):
+        MMPS(data_std=float("inf"))
+
+
 def test_mmps_solves_a_dense_operator_by_conjugate_gradients(prior, truth):
     scheduler = DDIMScheduler(**SCHEDULE, prediction_type="sample")
     matrix = np.random.default_rng(2).standard_normal((6, SIZE * SIZE)) / SIZE

@@ -95,7 +95,8 @@ def methods(mask: np.ndarray) -> dict:
         "prior only (ignores the wells)": None,
         "DPS (ζ = 1)": DPS(step_size=1.0),
         "ΠGDM (σ_d matched)": PiGDM(data_std=matched_data_std(MaskOperator(mask), training_data().data[:1024])),
-        "MMPS (3 CG steps)": MMPS(cg_iterations=3),
+        "MMPS (3 CG steps)": MMPS(cg_iterations=3),  # safeguarded (the default)
+        "MMPS (3 CG steps, no safeguard)": MMPS(cg_iterations=3, safeguard=False),
     }
 
 

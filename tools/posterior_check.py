@@ -149,7 +149,8 @@ METHODS: Dict[str, Method] = {
     "ΠGDM": guided("pigdm"),
     "ΠGDM (σ_d = prior std)": guided(PiGDM(data_std=PRIOR.pixel_std())),  # 0.3, the fields' std in model units
     "ΠGDM (σ_d matched to A)": pigdm_matched_to_operator,
-    "MMPS (3 CG steps)": guided(MMPS(cg_iterations=3)),
+    "MMPS (3 CG steps)": guided(MMPS(cg_iterations=3)),  # safeguarded (the default)
+    "MMPS (3 CG steps, no safeguard)": guided(MMPS(cg_iterations=3, safeguard=False)),
 }
 #: The number of sampler steps every loop-based method uses (--steps).
 NUM_INFERENCE_STEPS = recipe.SAMPLE_STEPS

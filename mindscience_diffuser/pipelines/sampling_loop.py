@@ -161,9 +161,11 @@ class SamplingLoop(nn.Cell):
             jtv, _ = self._prediction_vjp(sample, v, step, t, condition, class_labels, guidance_scale)
             return noise_variance * v + covariance_scale * guide.operator(jtv)
 
-        u = conjugate_gradient(likelihood_covariance, observed - guide.operator(x0), guide.cg_iterations)
+        residual = observed - guide.operator(x0)
+        u, cg_residual = conjugate_gradient(likelihood_covariance, residual, guide.cg_iterations, return_residual=True)
+        u = guide.safeguarded_weights(u, cg_residual, residual, a, s)
         gradient, _ = self._prediction_vjp(sample, u, step, t, condition, class_labels, guidance_scale)
-        return gradient, model_output
+        return guide.safeguarded_gradient(gradient, residual, a, s), model_output
 
     def _observed_iteration(self, sample, state, i, timesteps, noise, knobs, observed, guide_table, guide_noise,
                             step_map, condition, class_labels, guidance_scale):
