@@ -991,7 +991,8 @@ COMMANDS = COMMANDS + (
         Option("method", "posterior-sampling method (see docs/inverse_problems.md)", default="dps",
                choices=("dps", "mmps", "pigdm", "replace")),
         Option("data_std", "pigdm and mmps: the prior's standard deviation σ_d in the model's units (ΠGDM's r_t² = "
-               "σ_d²σ_t²/(σ_d² + σ_t²); MMPS uses it where its safeguard falls back to ΠGDM)", _positive_number, shown_default="1, the paper's unit-variance prior"),
+               "σ_d²σ_t²/(σ_d² + σ_t²); MMPS uses it where its safeguard falls back to ΠGDM)", _positive_number,
+               shown_default="1, the paper's unit-variance prior"),
         Option("num_samples", "posterior samples", _positive_int, default=16),
         Option("steps", "inference steps", _positive_int, shown_default="25; consistency: 1"),
         Option("seed", "random seed", _integer, default=0),
