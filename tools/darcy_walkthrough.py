@@ -88,16 +88,18 @@ def wells(rng: np.random.Generator) -> np.ndarray:
     return mask
 
 
+METHOD_NAMES = ("prior only (ignores the wells)", "DPS (ζ = 1)", "ΠGDM (σ_d matched)", "MMPS (3 CG steps)",
+                "MMPS (3 CG steps, no safeguard)")
+
+
 def methods(mask: np.ndarray) -> dict:
     """Row name -> ``guidance=`` (None: the prior alone). ΠGDM's σ_d is matched to the wells from
     the training fields (for point measurements: the pixel std, 1 for ±1 fields)."""
-    return {
-        "prior only (ignores the wells)": None,
-        "DPS (ζ = 1)": DPS(step_size=1.0),
-        "ΠGDM (σ_d matched)": PiGDM(data_std=matched_data_std(MaskOperator(mask), training_data().data[:1024])),
-        "MMPS (3 CG steps)": MMPS(cg_iterations=3),  # safeguarded (the default)
-        "MMPS (3 CG steps, no safeguard)": MMPS(cg_iterations=3, safeguard=False),
-    }
+    guides = (None, DPS(step_size=1.0),
+              PiGDM(data_std=matched_data_std(MaskOperator(mask), training_data().data[:1024])),
+              MMPS(cg_iterations=3),  # safeguarded (the default)
+              MMPS(cg_iterations=3, safeguard=False))
+    return dict(zip(METHOD_NAMES, guides))
 
 
 def scores(samples: np.ndarray, truth: np.ndarray, observation: Observation) -> dict:
@@ -129,6 +131,8 @@ def cmd_evaluate(args) -> None:
         mask = wells(rng)
         observation = Observation.from_truth(truth[None], MaskOperator(mask), WELL_NOISE, generator=index)
         for name, guidance in methods(mask).items():
+            if args.methods and name not in args.methods:
+                continue
             extra = {} if guidance is None else {"observation": observation, "guidance": guidance}
             samples = pipe(batch_size=args.samples, generator=100 + index, num_inference_steps=args.steps,
                            output_type="latent", **extra).images.asnumpy()
@@ -162,6 +166,8 @@ def main() -> None:
             p.add_argument("--samples", type=int, default=32, help="posterior samples per truth and method")
             p.add_argument("--steps", type=int, default=SAMPLE_STEPS)
             p.add_argument("--json", type=Path, default=None)
+            p.add_argument("--methods", nargs="+", default=None, choices=METHOD_NAMES,
+                           help="only these rows, by name (default: all)")
     args = parser.parse_args()
     args.handler(args)
 
