@@ -415,6 +415,8 @@ def cmd_sample(opts: argparse.Namespace) -> int:
                          "(3 channels, no data statistics), which are written as they are")
     pipe.set_progress_bar_config(disable=opts.quiet)
     kwargs = _sampler_call(opts, pipeline)
+    if opts.compile_cache:
+        _enable_sample_compile_cache(opts, model, pipeline, kwargs)
     samples, seconds, workers = _sample_job(opts, pipe, model, pipeline, kwargs, save_npy_path or output)
     if samples is None:
         return 0  # a worker other than the first: worker 0 writes the outputs
@@ -440,6 +442,36 @@ def cmd_sample(opts: argparse.Namespace) -> int:
     on = f" on {workers} workers" if workers > 1 else ""
     print(f"wrote {output} ({len(fields)} samples, {pipeline}, {steps} steps, {seconds:.1f} s{on}{shown})")
     return 0
+
+
+def _enable_sample_compile_cache(opts: argparse.Namespace, model: Path, pipeline: str, call: Dict[str, Any]) -> None:
+    """MindSpore's compile cache for this job (``utils.enable_compile_cache``), keyed by all that
+    decides what it compiles: the model folder's files (weights included, by content), the
+    pipeline, the call, the batch layout, the precision, the worker (workers of one msrun job
+    must not write one folder at once) and the progress bar (chunked calls). A later identical
+    job loads the graphs instead of compiling them."""
+    import hashlib
+
+    from .pipelines import sharded_sampling as shards
+    from .utils import enable_compile_cache
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(model)).encode())
+        digest.update(path.read_bytes())
+    try:
+        worker = shards.worker_rank_and_count()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    # A condition is a loop input: its shape decides the graph, its values do not.
+    described = {name: (["shape", list(np.shape(value))] if name == "condition" else value)
+                 for name, value in call.items()}
+    key = {"model": digest.hexdigest(), "pipeline": pipeline, "call": described, "batch_size": opts.batch_size,
+           "num_samples": opts.num_samples or opts.batch_size, "dtype": opts.compute_dtype, "worker": worker,
+           "quiet": bool(opts.quiet)}
+    folder = enable_compile_cache(key)
+    if not opts.quiet:
+        print(f"compile cache: {folder}")
 
 
 def _sampler_call(opts: argparse.Namespace, pipeline: str) -> Dict[str, Any]:
@@ -826,6 +858,9 @@ COMMANDS: Tuple[Command, ...] = (
                "also save the samples as fields (B, C, H, W) in the data's units (the model's stored per-channel "
                "mean/std applied; model space for a model that stores none), unclipped, ready for evaluate"),
         Option("scale", "PNG upscaling factor", _positive_int, default=4),
+        Option("compile_cache", "keep the compiled sampling graphs on disk and reuse them in a later identical job "
+               "(folder under $MINDSCIENCE_DIFFUSER_COMPILE_CACHE, else ~/.cache/mindscience_diffuser/compile_cache)",
+               _boolean, default=False),
         Option("vmin", "lower end of the PNG's colour range, in the data's units (fields only)", _number,
                shown_default="fitted: the batch's 0.5th percentile"),
         Option("vmax", "upper end of the PNG's colour range, in the data's units (fields only)", _number,

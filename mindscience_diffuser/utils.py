@@ -166,13 +166,42 @@ def enable_compile_cache(key: Any, cache_root: Optional[Union[str, os.PathLike]]
     hashes it with the MindSpore version, the device target and the execution mode, under
     ``cache_root`` (default ``$MINDSCIENCE_DIFFUSER_COMPILE_CACHE``, else
     ``~/.cache/mindscience_diffuser/compile_cache``).
+
+    The key also carries a hash of this package's own source: MindSpore hashes only the entry
+    script and the modules it imports from outside ``sys.path``, so an installed package is not
+    in its check, and graphs traced from an older version of it would load silently.
     """
     if cache_root is None:
         cache_root = os.environ.get("MINDSCIENCE_DIFFUSER_COMPILE_CACHE",
                                     Path.home() / ".cache" / "mindscience_diffuser" / "compile_cache")
-    described = json.dumps([key, ms.__version__, ms.get_context("device_target"), ms.get_context("mode")],
-                           sort_keys=True, default=str)
+    _point_compile_cache_at_the_entry_script()
+    described = json.dumps([key, ms.__version__, ms.get_context("device_target"), ms.get_context("mode"),
+                            _package_source_digest()], sort_keys=True, default=str)
     folder = Path(cache_root) / hashlib.sha256(described.encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     ms.set_context(enable_compile_cache=True, compile_cache_path=str(folder))
     return folder
+
+
+def _package_source_digest() -> str:
+    """sha256 of every ``.py`` file of this package (names and contents)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _point_compile_cache_at_the_entry_script() -> None:
+    """MindSpore reads ``sys.argv[0]`` as the entry script when it is imported and hashes it (and
+    what it imports) into the cache check. Under ``python -m mindscience_diffuser`` that is
+    still ``"-m"`` then, and the cache fails with FileNotFoundError on ``./-m`` (the module's
+    ``__main__.py`` would not do either: MindSpore's import scan cannot resolve its relative
+    import). No entry script makes MindSpore skip that check, which the key's package digest
+    covers."""
+    from mindspore.common import api
+
+    entry = getattr(api, "entry_script_path", None)
+    if entry is not None and not os.path.isfile(entry):
+        api.entry_script_path = None

@@ -7,6 +7,7 @@ written, found again under the same key, kept apart under another key, and gives
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,37 @@ def test_second_process_reuses_the_cached_graph(tmp_path):
 
 def test_another_key_gets_another_folder(tmp_path):
     assert run_child(tmp_path)["folder"] != run_child(tmp_path, key_suffix=" other")["folder"]
+
+
+def test_sample_command_reuses_its_compiled_loop_in_a_later_identical_job(tmp_path):
+    """``sample --compile-cache``: the first job writes the compiled loop under a folder keyed by
+    the model's files and the job, an identical second job loads it (files untouched) and writes
+    the same samples; another batch size is another folder."""
+    import mindscience_diffuser as msd
+
+    model = tmp_path / "model"
+    unet = msd.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                           layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    msd.DDIMPipeline(unet=unet, scheduler=msd.DDIMScheduler(num_train_timesteps=100)).save_pretrained(model)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "MINDSCIENCE_DIFFUSER_COMPILE_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+
+    def job(name: str, batch: int = 2) -> tuple:
+        out = tmp_path / f"{name}.npy"
+        done = subprocess.run([sys.executable, "-m", "mindscience_diffuser", "sample", "--model", str(model),
+                               "--steps", "2", "--batch-size", str(batch), "--compile-cache", "--output",
+                               str(tmp_path / f"{name}.png"), "--save-npy", str(out)],
+                              capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        folder = Path(next(line for line in done.stdout.splitlines() if line.startswith("compile cache: "))[15:])
+        return folder, np.load(out)
+
+    folder, first = job("first")
+    assert folder.parent == cache
+    cached = {p: p.stat().st_mtime_ns for p in folder.rglob("*.mindir")}
+    assert cached, "the first job wrote no compiled graph"
+    again, second = job("second")
+    assert again == folder and {p: p.stat().st_mtime_ns for p in folder.rglob("*.mindir")} == cached
+    np.testing.assert_array_equal(second, first)
+    assert job("other", batch=3)[0] != folder
