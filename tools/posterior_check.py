@@ -125,6 +125,18 @@ def pigdm_matched_to_operator(observation: Observation, pipe, num_samples: int, 
     return guided(PiGDM(data_std=data_std))(observation, pipe, num_samples, generator)
 
 
+def with_nominal_noise(guidance, noise_std: float) -> Method:
+    """A likelihood method on noise-free data: the observation given a small nominal σ_y (the
+    samples are still scored against the noise-free posterior). ΠGDM and MMPS refuse σ_y = 0,
+    whose likelihood covariance is singular at the end of sampling."""
+    def method(observation: Observation, pipe, num_samples: int, generator) -> np.ndarray:
+        if observation.noise_std == 0:
+            observation = Observation(observation.values_array, observation.operator, noise_std)
+        return guided(guidance)(observation, pipe, num_samples, generator)
+
+    return method
+
+
 _DDIM_TWINS: Dict[int, DDIMPipeline] = {}
 
 
@@ -151,6 +163,7 @@ METHODS: Dict[str, Method] = {
     "ΠGDM (σ_d matched to A)": pigdm_matched_to_operator,
     "MMPS (3 CG steps)": guided(MMPS(cg_iterations=3)),  # safeguarded (the default)
     "MMPS (3 CG steps, no safeguard)": guided(MMPS(cg_iterations=3, safeguard=False)),
+    "MMPS (16 CG steps; noise-free data: nominal σ_y = 1e-3)": with_nominal_noise(MMPS(cg_iterations=16), 1e-3),
 }
 #: The number of sampler steps every loop-based method uses (--steps).
 NUM_INFERENCE_STEPS = recipe.SAMPLE_STEPS
