@@ -450,15 +450,9 @@ def _enable_sample_compile_cache(opts: argparse.Namespace, model: Path, pipeline
     pipeline, the call, the batch layout, the precision, the worker (workers of one msrun job
     must not write one folder at once) and the progress bar (chunked calls). A later identical
     job loads the graphs instead of compiling them."""
-    import hashlib
-
     from .pipelines import sharded_sampling as shards
-    from .utils import enable_compile_cache
+    from .utils import enable_compile_cache, tree_digest
 
-    digest = hashlib.sha256()
-    for path in sorted(p for p in model.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(model)).encode())
-        digest.update(path.read_bytes())
     try:
         worker = shards.worker_rank_and_count()
     except ValueError as err:
@@ -466,7 +460,7 @@ def _enable_sample_compile_cache(opts: argparse.Namespace, model: Path, pipeline
     # A condition is a loop input: its shape decides the graph, its values do not.
     described = {name: (["shape", list(np.shape(value))] if name == "condition" else value)
                  for name, value in call.items()}
-    key = {"model": digest.hexdigest(), "pipeline": pipeline, "call": described, "batch_size": opts.batch_size,
+    key = {"model": tree_digest(model), "pipeline": pipeline, "call": described, "batch_size": opts.batch_size,
            "num_samples": opts.num_samples or opts.batch_size, "dtype": opts.compute_dtype, "worker": worker,
            "quiet": bool(opts.quiet)}
     folder = enable_compile_cache(key)
@@ -969,7 +963,7 @@ def cmd_assimilate(opts: argparse.Namespace) -> int:
     """Posterior samples given observations (``Observation.from_npz``: values in the model's
     units, a mask, noise_std), by one of mindscience_diffuser.guidance's methods."""
     _set_mode(opts.mode)
-    from .guidance import METHODS
+    from .guidance import METHODS, PiGDM
     from .observations import Observation
 
     model = _model_dir(opts.model)
@@ -978,7 +972,7 @@ def cmd_assimilate(opts: argparse.Namespace) -> int:
         raise UsageError(f"--output {output} must end in .npz (it holds samples, mean and std)")
     if opts.method not in METHODS:
         raise UsageError(f"--method must be one of {sorted(METHODS)}, got {opts.method!r}")
-    if opts.data_std is not None and opts.method not in ("pigdm", "mmps"):
+    if opts.data_std is not None and not issubclass(METHODS[opts.method], PiGDM):  # ΠGDM and MMPS take it
         raise UsageError(f"--data-std is ΠGDM's prior scale (and MMPS's safeguard fallback): it needs --method pigdm "
                          f"or mmps, got --method {opts.method}")
     observation = Observation.from_npz(_existing_path(opts.observations))

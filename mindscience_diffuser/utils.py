@@ -183,14 +183,19 @@ def enable_compile_cache(key: Any, cache_root: Optional[Union[str, os.PathLike]]
     return folder
 
 
-def _package_source_digest() -> str:
-    """sha256 of every ``.py`` file of this package (names and contents)."""
-    root = Path(__file__).resolve().parent
+def tree_digest(root: Union[str, os.PathLike], pattern: str = "*") -> str:
+    """sha256 of the files under ``root`` that match ``pattern`` (their relative names and bytes)."""
+    root = Path(root)
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(p for p in root.rglob(pattern) if p.is_file()):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def _package_source_digest() -> str:
+    """sha256 of every ``.py`` file of this package (names and contents)."""
+    return tree_digest(Path(__file__).resolve().parent, "*.py")
 
 
 def _point_compile_cache_at_the_entry_script() -> None:

@@ -187,7 +187,7 @@ def measure(pipe, samples: int, steps: int, batch: int, guidance_scale: float = 
     return rows
 
 
-def table(rows: list, samples: int, steps: int, guidance_scale: float = 1.0) -> str:
+def table(rows: list, samples: int, steps: int) -> str:
     lines = [
         "| α | spectrum error vs exact | vs a true set | floor: true set vs exact | floor: two true sets | "
         "fitted slope α̂ | slope error α̂ − α | α̂ of a true set | log-log regression slope: generated / exact |",
@@ -201,7 +201,7 @@ def table(rows: list, samples: int, steps: int, guidance_scale: float = 1.0) -> 
             f"| {r['slope_generated']:.3f} | {r['slope_generated'] - r['alpha']:+.3f} | {r['slope_true_set']:.3f} "
             f"| {r['regression_slope_generated']:.3f} / {r['regression_slope_exact']:.3f} |")
     lines.append(f"\n{samples} generated and {samples} true fields per α, {steps} DPM-Solver++(2M) steps, "
-                 f"guidance scale {guidance_scale:g}.")
+                 f"guidance scale {rows[0]['guidance_scale']:g}.")
     return "\n".join(lines)
 
 
@@ -260,7 +260,7 @@ def cmd_evaluate(args) -> None:
     pipe = DiffusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     rows = measure(pipe, args.samples, args.steps, args.batch, args.guidance_scale)
-    text = table(rows, args.samples, args.steps, args.guidance_scale)
+    text = table(rows, args.samples, args.steps)
     print(text, flush=True)
     if args.write:
         (DOCS / "grf_slope_model_metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
