@@ -4,6 +4,7 @@
     python tools/train_grf_slope_model.py train [--minutes 60] [--run-dir DIR]   # resumable
     python tools/train_grf_slope_model.py export [--run-dir DIR]                  # newest checkpoint's EMA -> package
     python tools/train_grf_slope_model.py evaluate [--samples 96] [--write]       # per-α table + plot
+    python tools/train_grf_slope_model.py diagnose [--model DIR]                  # denoising error per t and k
 
 The conditional law is known exactly: given α, a field is the Gaussian
 f = IFFT(sqrt(P_α(|k|)) · FFT(w)) · std/σ_α with white noise w, so its expected radial spectrum
@@ -15,6 +16,9 @@ no tested value is on any grid: every one is "held out"; 1.5 and 3.5 are the ran
   a finite set of true fields at the same α;
 - the same error of a second true set against the exact spectrum and against the first true set
   (the floor: what a perfect sampler scores with this many fields);
+- the sampler floor: the same error for the same loop, seeds and steps driven by the exact
+  denoiser of the slope-α law (``GaussianFieldDenoiser``, the Wiener filter) instead of the
+  network: the part of the error no training removes;
 - the fitted slope α̂ of the generated fields (and of a true set) against the requested α: the α
   whose exact spectrum best fits the measured one in log space (free amplitude), and, for
   reference, the plain log-log regression slope over k = 2..12 of the generated fields and of the
@@ -40,8 +44,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from recipe_steps import export_ema, train_resumably, trainer_at_latest_checkpoint  # noqa: E402
 
-from mindscience_diffuser import DDIMScheduler, DiffusionPipeline  # noqa: E402
-from mindscience_diffuser.models import UNet2DModel  # noqa: E402
+from mindscience_diffuser import (  # noqa: E402
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    DPMSolverPipeline,
+)
+from mindscience_diffuser.models import GaussianFieldDenoiser, UNet2DModel  # noqa: E402
 from mindscience_diffuser.training import (  # noqa: E402
     DiffusionTrainer,
     SyntheticFieldDataset,
@@ -51,6 +60,7 @@ from mindscience_diffuser.training import (  # noqa: E402
     radial_power_spectrum,
     small_unet_config,
 )
+from mindscience_diffuser.training.fields import grf_mode_variance  # noqa: E402
 
 PACKAGE_MODEL = ROOT / "mindscience_diffuser" / "grf_slope_model"
 DOCS = ROOT / "docs"
@@ -141,12 +151,26 @@ def true_fields(alpha: float, n: int, seed: int) -> np.ndarray:
 def conditional_samples(pipe, alpha: float, n: int, steps: int, seed: int, batch: int,
                         guidance_scale: float = 1.0) -> np.ndarray:
     """``n`` fields at slope α from the pipeline (``condition=[α]``), in data units."""
+    condition = dict(condition=[alpha], guidance_scale=guidance_scale)
+    return _samples(pipe, n, steps, seed, batch, output_type="field", **condition)
+
+
+def exact_denoiser_samples(alpha: float, n: int, steps: int, seed: int, batch: int) -> np.ndarray:
+    """``n`` fields from the shipped sampler driven by the exact slope-α denoiser (the Wiener
+    filter, which predicts x₀), with the same starting noise as :func:`conditional_samples`."""
+    scheduler = DPMSolverMultistepScheduler(**{**SAMPLER, "prediction_type": "sample"})
+    denoiser = GaussianFieldDenoiser.from_scheduler(grf_mode_variance(SIZE, alpha, STD), scheduler)
+    return _samples(DPMSolverPipeline(unet=denoiser, scheduler=scheduler), n, steps, seed, batch,
+                    output_type="latent")
+
+
+def _samples(pipe, n: int, steps: int, seed: int, batch: int, **call) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(seed)
     chunks, done = [], 0
     while done < n:
         size = min(batch, n - done)
-        chunks.append(pipe(batch_size=size, generator=rng, num_inference_steps=steps, condition=[alpha],
-                           guidance_scale=guidance_scale, output_type="field").images.asnumpy())
+        chunks.append(pipe(batch_size=size, generator=rng, num_inference_steps=steps, **call).images.asnumpy())
         done += size
     return np.concatenate(chunks)
 
@@ -159,6 +183,7 @@ def measure(pipe, samples: int, steps: int, batch: int, guidance_scale: float = 
         generated = radial_power_spectrum(fields)[1]
         seconds = time.time() - begun
         exact = exact_spectrum(alpha)
+        floor = radial_power_spectrum(exact_denoiser_samples(alpha, samples, steps, index, batch))[1]
         reference, second = (radial_power_spectrum(true_fields(alpha, samples, seed * 100 + index))[1]
                              for seed in TRUE_SEEDS)
         rows.append(dict(
@@ -168,6 +193,7 @@ def measure(pipe, samples: int, steps: int, batch: int, guidance_scale: float = 
             spectrum_error_vs_true_set=relative_error(generated, reference),
             floor_true_set_vs_exact=relative_error(second, exact),
             floor_true_set_vs_true_set=relative_error(second, reference),
+            sampler_floor_vs_exact=relative_error(floor, exact),
             slope_generated=fitted_slope(generated),
             slope_true_set=fitted_slope(second),
             regression_slope_generated=regression_slope(generated),
@@ -180,7 +206,8 @@ def measure(pipe, samples: int, steps: int, batch: int, guidance_scale: float = 
         row = rows[-1]
         print(f"alpha {alpha:.2f}: error {100 * row['spectrum_error_vs_exact']:.1f}% vs exact, "
               f"{100 * row['spectrum_error_vs_true_set']:.1f}% vs true set (floor "
-              f"{100 * row['floor_true_set_vs_exact']:.1f}% / {100 * row['floor_true_set_vs_true_set']:.1f}%); slope "
+              f"{100 * row['floor_true_set_vs_exact']:.1f}% / {100 * row['floor_true_set_vs_true_set']:.1f}%; "
+              f"sampler with the exact denoiser {100 * row['sampler_floor_vs_exact']:.1f}%); slope "
               f"{row['slope_generated']:.3f} (true set {row['slope_true_set']:.3f}; regression "
               f"{row['regression_slope_generated']:.3f}, exact {row['regression_slope_exact']:.3f}); "
               f"{seconds:.0f} s", flush=True)
@@ -190,15 +217,17 @@ def measure(pipe, samples: int, steps: int, batch: int, guidance_scale: float = 
 def table(rows: list, samples: int, steps: int) -> str:
     lines = [
         "| α | spectrum error vs exact | vs a true set | floor: true set vs exact | floor: two true sets | "
-        "fitted slope α̂ | slope error α̂ − α | α̂ of a true set | log-log regression slope: generated / exact |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "sampler floor: exact denoiser | fitted slope α̂ | slope error α̂ − α | α̂ of a true set | "
+        "log-log regression slope: generated / exact |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['alpha']:.2f} | {100 * r['spectrum_error_vs_exact']:.1f}% "
             f"| {100 * r['spectrum_error_vs_true_set']:.1f}% "
             f"| {100 * r['floor_true_set_vs_exact']:.1f}% | {100 * r['floor_true_set_vs_true_set']:.1f}% "
-            f"| {r['slope_generated']:.3f} | {r['slope_generated'] - r['alpha']:+.3f} | {r['slope_true_set']:.3f} "
+            f"| {100 * r['sampler_floor_vs_exact']:.1f}% | {r['slope_generated']:.3f} "
+            f"| {r['slope_generated'] - r['alpha']:+.3f} | {r['slope_true_set']:.3f} "
             f"| {r['regression_slope_generated']:.3f} / {r['regression_slope_exact']:.3f} |")
     lines.append(f"\n{samples} generated and {samples} true fields per α, {steps} DPM-Solver++(2M) steps, "
                  f"guidance scale {rows[0]['guidance_scale']:g}.")
@@ -268,6 +297,61 @@ def cmd_evaluate(args) -> None:
         print("wrote docs/grf_slope_model_metrics.json and docs/grf_slope_model.png")
 
 
+# ---- where the error arises: one denoising step against the exact one ----------------------
+
+DIAGNOSE_ALPHAS = (1.5, 2.5, 3.5)
+DIAGNOSE_TIMESTEPS = (0, 2, 10, 30, 100, 250, 500)
+BANDS = {"k < 4": (0, 4), "4 ≤ k < 8": (4, 8), "k ≥ 8": (8, np.inf)}
+
+
+def fourier_band_masks(size: int = SIZE) -> dict:
+    """Boolean (size, size) masks of the FFT grid's modes by |k| for each of ``BANDS``."""
+    k = np.fft.fftfreq(size) * size
+    radius = np.hypot(k[:, None], k[None, :])
+    return {name: (radius >= lo) & (radius < hi) for name, (lo, hi) in BANDS.items()}
+
+
+def denoising_rows(unet, samples: int = 64, seed: int = 7) -> list:
+    """Per α, timestep t and band of |k|: the network's x̂₀ error E|x̂₀ − x₀|² over the exact
+    denoiser's (the Wiener filter's, the least possible: 1 is perfect), and the power E|x̂₀|² of
+    its prediction over the exact one's (< 1: too smooth, > 1: too rough), on true fields x₀ at
+    slope α noised to x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε."""
+    abar = np.asarray(DDIMScheduler(**SCHEDULER).alphas_cumprod, np.float64)
+    masks = fourier_band_masks()
+    # Not ``seed`` itself: the fields are filtered white noise drawn from that seed.
+    noise = np.random.default_rng(seed + 1).standard_normal((samples, 1, SIZE, SIZE))
+    rows = []
+    for alpha in DIAGNOSE_ALPHAS:
+        x0 = true_fields(alpha, samples, seed).reshape(samples, 1, SIZE, SIZE)
+        wiener = GaussianFieldDenoiser.from_scheduler(grf_mode_variance(SIZE, alpha, STD), SCHEDULER)
+        for t in DIAGNOSE_TIMESTEPS:
+            x_t = np.sqrt(abar[t]) * x0 + np.sqrt(1.0 - abar[t]) * noise
+            timesteps = ms.Tensor(np.full(samples, t), ms.int32)
+            v = unet(ms.Tensor(x_t, ms.float32), timesteps, ms.Tensor(np.full((samples, 1), alpha), ms.float32))
+            v = (v.sample if hasattr(v, "sample") else v).asnumpy().astype(np.float64)
+            # v-prediction: x̂₀ = √ᾱ·x_t − √(1 − ᾱ)·v̂
+            predicted = np.fft.fft2((np.sqrt(abar[t]) * x_t - np.sqrt(1.0 - abar[t]) * v)[:, 0])
+            exact = np.fft.fft2(wiener(ms.Tensor(x_t, ms.float32), t).asnumpy().astype(np.float64)[:, 0])
+            truth = np.fft.fft2(x0[:, 0])
+            def ratio(a, b, m):
+                return float(np.mean(np.abs(a)[:, m] ** 2) / np.mean(np.abs(b)[:, m] ** 2))
+            rows.append(dict(alpha=alpha, t=t, **{
+                name: (ratio(predicted - truth, exact - truth, m), ratio(predicted, exact, m))
+                for name, m in masks.items()}))
+    return rows
+
+
+def cmd_diagnose(args) -> None:
+    pipe = DiffusionPipeline.from_pretrained(args.model)
+    rows = denoising_rows(pipe.unet, args.samples)
+    print("| α | t | " + " | ".join(f"error / exact, {b}" for b in BANDS) + " | "
+          + " | ".join(f"power / exact, {b}" for b in BANDS) + " |")
+    print("| --- | ---: |" + " ---: |" * (2 * len(BANDS)))
+    for r in rows:
+        print(f"| {r['alpha']:.1f} | {r['t']} | " + " | ".join(f"{r[b][0]:.2f}" for b in BANDS) + " | "
+              + " | ".join(f"{r[b][1]:.2f}" for b in BANDS) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +371,11 @@ def main() -> None:
                    help="classifier-free guidance scale (the model is trained with condition dropout 0.1)")
     p.add_argument("--write", action="store_true", help="write the metrics JSON and the plot into docs/")
     p.set_defaults(handler=cmd_evaluate)
+    p = sub.add_parser("diagnose", help="the network's one-step denoising error against the exact denoiser's, "
+                                        "per α, timestep and band of wavenumbers")
+    p.add_argument("--model", default=str(PACKAGE_MODEL))
+    p.add_argument("--samples", type=int, default=64)
+    p.set_defaults(handler=cmd_diagnose)
     args = parser.parse_args()
     args.handler(args)
 
