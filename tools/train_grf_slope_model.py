@@ -51,6 +51,7 @@ from mindscience_diffuser import (  # noqa: E402
     DPMSolverPipeline,
 )
 from mindscience_diffuser.models import GaussianFieldDenoiser, UNet2DModel  # noqa: E402
+from mindscience_diffuser.schedulers.base import predict_x0_and_eps  # noqa: E402
 from mindscience_diffuser.training import (  # noqa: E402
     DiffusionTrainer,
     SyntheticFieldDataset,
@@ -60,7 +61,7 @@ from mindscience_diffuser.training import (  # noqa: E402
     radial_power_spectrum,
     small_unet_config,
 )
-from mindscience_diffuser.training.fields import grf_mode_variance  # noqa: E402
+from mindscience_diffuser.training.fields import grf_mode_variance, wavenumber_grid  # noqa: E402
 
 PACKAGE_MODEL = ROOT / "mindscience_diffuser" / "grf_slope_model"
 DOCS = ROOT / "docs"
@@ -151,8 +152,8 @@ def true_fields(alpha: float, n: int, seed: int) -> np.ndarray:
 def conditional_samples(pipe, alpha: float, n: int, steps: int, seed: int, batch: int,
                         guidance_scale: float = 1.0) -> np.ndarray:
     """``n`` fields at slope α from the pipeline (``condition=[α]``), in data units."""
-    condition = dict(condition=[alpha], guidance_scale=guidance_scale)
-    return _samples(pipe, n, steps, seed, batch, output_type="field", **condition)
+    return _samples(pipe, n, steps, seed, batch, output_type="field", condition=[alpha],
+                    guidance_scale=guidance_scale)
 
 
 def exact_denoiser_samples(alpha: float, n: int, steps: int, seed: int, batch: int) -> np.ndarray:
@@ -306,12 +307,16 @@ BANDS = {"k < 4": (0, 4), "4 ≤ k < 8": (4, 8), "k ≥ 8": (8, np.inf)}
 
 def fourier_band_masks(size: int = SIZE) -> dict:
     """Boolean (size, size) masks of the FFT grid's modes by |k| for each of ``BANDS``."""
-    k = np.fft.fftfreq(size) * size
-    radius = np.hypot(k[:, None], k[None, :])
+    radius = wavenumber_grid(size)
     return {name: (radius >= lo) & (radius < hi) for name, (lo, hi) in BANDS.items()}
 
 
-def denoising_rows(unet, samples: int = 64, seed: int = 7) -> list:
+def _band_power_ratio(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """E|a(k)|² / E|b(k)|² over the modes of ``mask`` (Fourier coefficients, (N, H, W))."""
+    return float(np.mean(np.abs(a)[:, mask] ** 2) / np.mean(np.abs(b)[:, mask] ** 2))
+
+
+def denoising_rows(unet, prediction_type: str, samples: int = 64, seed: int = 7) -> list:
     """Per α, timestep t and band of |k|: the network's x̂₀ error E|x̂₀ − x₀|² over the exact
     denoiser's (the Wiener filter's, the least possible: 1 is perfect), and the power E|x̂₀|² of
     its prediction over the exact one's (< 1: too smooth, > 1: too rough), on true fields x₀ at
@@ -327,23 +332,23 @@ def denoising_rows(unet, samples: int = 64, seed: int = 7) -> list:
         for t in DIAGNOSE_TIMESTEPS:
             x_t = np.sqrt(abar[t]) * x0 + np.sqrt(1.0 - abar[t]) * noise
             timesteps = ms.Tensor(np.full(samples, t), ms.int32)
-            v = unet(ms.Tensor(x_t, ms.float32), timesteps, ms.Tensor(np.full((samples, 1), alpha), ms.float32))
-            v = (v.sample if hasattr(v, "sample") else v).asnumpy().astype(np.float64)
-            # v-prediction: x̂₀ = √ᾱ·x_t − √(1 − ᾱ)·v̂
-            predicted = np.fft.fft2((np.sqrt(abar[t]) * x_t - np.sqrt(1.0 - abar[t]) * v)[:, 0])
-            exact = np.fft.fft2(wiener(ms.Tensor(x_t, ms.float32), t).asnumpy().astype(np.float64)[:, 0])
+            sample = ms.Tensor(x_t, ms.float32)
+            output = unet(sample, timesteps, ms.Tensor(np.full((samples, 1), alpha), ms.float32))
+            x0_hat, _ = predict_x0_and_eps(prediction_type, getattr(output, "sample", output), sample,
+                                           ms.Tensor(np.sqrt(abar[t]), ms.float32),
+                                           ms.Tensor(np.sqrt(1.0 - abar[t]), ms.float32))
+            predicted = np.fft.fft2(x0_hat.asnumpy().astype(np.float64)[:, 0])
+            exact = np.fft.fft2(wiener(sample, t).asnumpy().astype(np.float64)[:, 0])
             truth = np.fft.fft2(x0[:, 0])
-            def ratio(a, b, m):
-                return float(np.mean(np.abs(a)[:, m] ** 2) / np.mean(np.abs(b)[:, m] ** 2))
             rows.append(dict(alpha=alpha, t=t, **{
-                name: (ratio(predicted - truth, exact - truth, m), ratio(predicted, exact, m))
+                name: (_band_power_ratio(predicted - truth, exact - truth, m), _band_power_ratio(predicted, exact, m))
                 for name, m in masks.items()}))
     return rows
 
 
 def cmd_diagnose(args) -> None:
     pipe = DiffusionPipeline.from_pretrained(args.model)
-    rows = denoising_rows(pipe.unet, args.samples)
+    rows = denoising_rows(pipe.unet, pipe.scheduler.config["prediction_type"], args.samples)
     print("| α | t | " + " | ".join(f"error / exact, {b}" for b in BANDS) + " | "
           + " | ".join(f"power / exact, {b}" for b in BANDS) + " |")
     print("| --- | ---: |" + " ---: |" * (2 * len(BANDS)))
