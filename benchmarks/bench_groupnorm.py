@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from timing import interleaved  # noqa: E402
 
 EPS = 1e-6
 GROUPS = 32
@@ -147,13 +149,7 @@ def bench_shape(text: str, cells: dict, names: list, args) -> str:
     runs["torch"] = lambda: torch_chain(xt, wt, bt)
     ref = torch_chain(xt.double(), wt.double(), bt.double())  # the same chain in float64
     worst = max(float(np.abs(run() - ref).max() / np.abs(ref).max()) for run in runs.values())
-    times = {name: [] for name in runs}
-    for _ in range(args.reps):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) / args.chain * 1e3)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = {name: seconds / args.chain * 1e3 for name, seconds in interleaved(runs, args.reps).items()}
     cells_text = [f"{med[n]:.3f} ({med[n] / med['torch']:.2f}×)" for n in names[:-1]] + [f"{med['torch']:.3f}"]
     return f"| {text} | " + " | ".join(cells_text) + f" | {worst:.1e} |"
 

@@ -25,14 +25,16 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from timing import interleaved, timed  # noqa: E402
+
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, set_alpha_to_one=True,
                  steps_offset=0)
 MD_HEADER = "## Pipelines"
@@ -63,12 +65,6 @@ def build_our_pipe(layout: str, kernels: str = "auto"):
     return pipe
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def bench_config(layout: str, batch: int, steps: int, reps: int, theirs, ours: dict,
                  warm_up_theirs: bool = True) -> dict:
     """``ours``: {kernel choice: pipeline}. Each first call compiles its loop; then all are interleaved."""
@@ -87,14 +83,10 @@ def bench_config(layout: str, batch: int, steps: int, reps: int, theirs, ours: d
     if warm_up_theirs:  # torch compiles nothing; one warm-up per pipeline settles its allocator and threads
         run_theirs()
     runs["torch"] = run_theirs
-    times = {name: [] for name in runs}
-    for _ in range(reps):
-        for name, run in runs.items():
-            times[name].append(timed(run))
-    torch_s = statistics.median(times.pop("torch"))
+    medians = interleaved(runs, reps)
+    torch_s = medians.pop("torch")
     mine = {}
-    for choice, t in times.items():
-        ours_s = statistics.median(t)
+    for choice, ours_s in medians.items():
         mine[choice] = dict(ours_s=ours_s, ratio=ours_s / torch_s, first_s=first[choice],
                             compile_s=max(first[choice] - ours_s, 0.0))
     return dict(layout=layout, batch=batch, steps=steps, torch_s=torch_s, ours=mine, reps=reps)

@@ -30,10 +30,8 @@ import json
 import os
 import resource
 import shlex
-import statistics
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +39,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from timing import interleaved, timed  # noqa: E402
 
 LAYOUTS = {
     "small": dict(
@@ -133,19 +134,6 @@ def count_flops(model, x, t) -> float:
     return float(total[0])
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(runs: dict, reps: int) -> dict:
-    """Median seconds of each callable, timed in turn (a, b, c, a, b, c, ...) so load hits all alike."""
-    times = {name: [] for name in runs}
-    for _ in range(reps):
-        for name, run in runs.items():
-            times[name].append(timed(run))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_pair(layout: str, batch: int, reps: int, kernel_choices, pynative: bool, warmup: int = 2) -> dict:
