@@ -2,8 +2,8 @@
 32×32 one-channel Gaussian random fields conditioned on their spectral slope α, P(k) ∝ k^-α.
 
     python tools/train_grf_slope_model.py train [--minutes 60] [--run-dir DIR]   # resumable
-    python tools/train_grf_slope_model.py continue [--init-from DIR] [--minutes 60]  # stage 2, resumable
-    python tools/train_grf_slope_model.py export [--run-dir DIR] [--stage 1|2]     # newest checkpoint's EMA -> package
+    python tools/train_grf_slope_model.py continue [--stage K] [--init-from DIR]  # stage K >= 2, resumable
+    python tools/train_grf_slope_model.py export [--run-dir DIR] [--stage K]       # newest checkpoint's EMA -> package
     python tools/train_grf_slope_model.py evaluate [--samples 96] [--write]       # per-α table + plot
     python tools/train_grf_slope_model.py diagnose [--model DIR]                  # denoising error per t and k
 
@@ -93,13 +93,19 @@ TRAINER = dict(learning_rate=1e-3, batch_size=16, loss="mse", weighting="min_snr
                condition_dropout=0.1)
 CHECKPOINT_EVERY = 25
 INIT_SEED = 0
-# Stage 2, ``continue``: a warm restart (SGDR, Loshchilov & Hutter 2017) of the same recipe from the
-# stage-1 EMA weights: fresh Adam state, the same warm-up to 1e-3, a stable phase and the 800-step
-# decay, with new noise/timestep/batch draws (trainer seed 1). The only lever that improved every α
-# was more steps at this recipe (docs/conditional_generation.md), and a restart needs no stage-1
-# optimizer state, so the run can continue from the shipped folder alone.
+# Stage K >= 2, ``continue``: a warm restart (SGDR, Loshchilov & Hutter 2017) of the same recipe from
+# stage K-1's EMA weights: fresh Adam state, the same warm-up to 1e-3, a stable phase and the 800-step
+# decay, with new noise/timestep/batch draws (trainer seed K-1). The only lever that improved every α
+# was more steps at this recipe (docs/conditional_generation.md), and a restart needs no optimizer
+# state of the stage before, so the run can continue from the shipped folder alone.
 CONTINUE_STEPS = 2000
-CONTINUE_TRAINER = {**TRAINER, "num_training_steps": CONTINUE_STEPS, "seed": 1}
+
+
+def stage_recipe(stage: int) -> dict:
+    """The trainer arguments of stage ``stage``: 1 is ``TRAINER``, K >= 2 the warm restart above."""
+    if stage == 1:
+        return TRAINER
+    return {**TRAINER, "num_training_steps": CONTINUE_STEPS, "seed": stage - 1}
 
 
 def unet_config() -> dict:
@@ -127,15 +133,18 @@ def cmd_train(args) -> None:
 
 
 def cmd_continue(args) -> None:
+    if args.stage < 2:
+        raise SystemExit("continue: --stage must be 2 or more (stage 1 is the 'train' command)")
     unet = UNet2DModel.from_pretrained(Path(args.init_from) / "unet")
-    trainer = build_trainer(args.run_dir, unet, CONTINUE_TRAINER)
+    trainer = build_trainer(args.run_dir or Path(f"/tmp/msd_grf_slope_stage{args.stage}"), unet,
+                            stage_recipe(args.stage))
     train_resumably(trainer, training_data(), CONTINUE_STEPS, args.minutes)
     cmd_export(args, trainer)
 
 
 def cmd_export(args, trainer: DiffusionTrainer = None) -> None:
     if trainer is None:
-        recipe = CONTINUE_TRAINER if args.stage == 2 else TRAINER
+        recipe = stage_recipe(args.stage)
         trainer = trainer_at_latest_checkpoint(lambda run_dir: build_trainer(run_dir, recipe=recipe), args.run_dir)
     export_ema(trainer, Path(args.output), SAMPLER)
 
@@ -378,6 +387,13 @@ def cmd_diagnose(args) -> None:
               + " | ".join(f"{r[b][1]:.2f}" for b in BANDS) + " |", flush=True)
 
 
+def stage_number(text: str) -> int:
+    stage = int(text)
+    if stage < 1:
+        raise argparse.ArgumentTypeError(f"--stage must be a positive integer, got {text}")
+    return stage
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -386,15 +402,16 @@ def main() -> None:
     p.add_argument("--run-dir", type=Path, default=Path("/tmp/msd_grf_slope_run"))
     p.add_argument("--output", default=str(PACKAGE_MODEL))
     p.set_defaults(handler=cmd_train)
-    p = sub.add_parser("continue", help="stage 2: a warm restart of the recipe from exported weights")
-    p.add_argument("--init-from", default=str(PACKAGE_MODEL), help="the stage-1 model folder")
+    p = sub.add_parser("continue", help="stage K >= 2: a warm restart of the recipe from exported weights")
+    p.add_argument("--stage", type=stage_number, default=2, help="K: the trainer seed is K - 1")
+    p.add_argument("--init-from", default=str(PACKAGE_MODEL), help="stage K-1's model folder")
     p.add_argument("--minutes", type=float, default=60.0)
-    p.add_argument("--run-dir", type=Path, default=Path("/tmp/msd_grf_slope_continue"))
+    p.add_argument("--run-dir", type=Path, default=None, help="default /tmp/msd_grf_slope_stageK")
     p.add_argument("--output", default=str(PACKAGE_MODEL))
     p.set_defaults(handler=cmd_continue)
     p = sub.add_parser("export")
     p.add_argument("--run-dir", type=Path, default=Path("/tmp/msd_grf_slope_run"))
-    p.add_argument("--stage", type=int, choices=(1, 2), default=1, help="the recipe the run dir was trained with")
+    p.add_argument("--stage", type=stage_number, default=1, help="the recipe the run dir was trained with")
     p.add_argument("--output", default=str(PACKAGE_MODEL))
     p.set_defaults(handler=cmd_export)
     p = sub.add_parser("evaluate")
